@@ -1,0 +1,69 @@
+"""QEMU's multifd zero-page detection, for Python.
+
+The source side splits a batch of guest pages into normal pages and zero pages
+(:func:`send_zero_page_detect`); the destination side applies zero pages with
+the receivedmap and the postcopy rule (:func:`recv_zero_page_process`). Both
+run on compiled kernels that release the GIL, so several channels can run on
+threads at once.
+
+The zero-check path (``portable``, ``sse2``, ``avx2``, ``avx512``) is chosen at
+import for this CPU; the environment variable ``MULTIFD_ZERO_SIMD`` or
+:func:`set_simd` selects another.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata as _metadata
+
+from ._kernels import (
+    MAX_PAGE_SIZE,
+    MIN_PAGE_SIZE,
+    get_simd,
+    is_zero,
+    partition_zero_pages,
+    scan_zero_pages,
+    set_simd,
+    simd_paths,
+    zero_page_mask,
+)
+from .options import MigrationOptions, ZeroPageDetection
+from .pages import MULTIFD_PACKET_SIZE, MultiFDPages, multifd_ram_page_count
+from .ramblock import RAMBlock, ReceivedMap
+from .recv import recv_legacy_zero_pages, recv_normal_pages, recv_zero_page_process
+from .send import save_zero_pages, send_zero_page_detect
+from .stats import MigrationStats
+
+try:
+    __version__ = _metadata.version("multifd-zero")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    __version__ = "0+unknown"
+
+if os.environ.get("MULTIFD_ZERO_SIMD"):
+    set_simd(os.environ["MULTIFD_ZERO_SIMD"])
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "MIN_PAGE_SIZE",
+    "MULTIFD_PACKET_SIZE",
+    "MigrationOptions",
+    "MigrationStats",
+    "MultiFDPages",
+    "RAMBlock",
+    "ReceivedMap",
+    "ZeroPageDetection",
+    "__version__",
+    "get_simd",
+    "is_zero",
+    "multifd_ram_page_count",
+    "partition_zero_pages",
+    "recv_legacy_zero_pages",
+    "recv_normal_pages",
+    "recv_zero_page_process",
+    "save_zero_pages",
+    "scan_zero_pages",
+    "send_zero_page_detect",
+    "set_simd",
+    "simd_paths",
+    "zero_page_mask",
+]

@@ -1,0 +1,7 @@
+"""``python -m multifd_zero``: see :mod:`multifd_zero.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,706 @@
+# cython: language_level=3
+"""Compiled kernels: zero checks, the batch partition and the receiver's page writes.
+
+Every function validates all of its arguments (types, writability, page size,
+every offset) while holding the GIL, copies the offsets it will use, and only
+then releases the GIL to scan or write. A bad argument therefore raises before
+any byte, bit or offset has changed.
+"""
+
+from cpython.buffer cimport (
+    PyBUF_FORMAT,
+    PyBUF_STRIDES,
+    PyBuffer_IsContiguous,
+    PyBuffer_Release,
+    PyObject_CheckBuffer,
+    PyObject_GetBuffer,
+)
+from libc.stdint cimport uint8_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+import operator
+
+import numpy as np
+
+cdef extern from "_simd.h" nogil:
+    int MFZ_NPATHS
+    const char *mfz_path_names[]
+    int mfz_current
+    int mfz_path_supported(int path)
+    int mfz_select(int path)
+    int mfz_best_path()
+    int mfz_is_zero(const uint8_t *buf, size_t length)
+    int mfz_bit_test(const uint64_t *bitmap, uint64_t bit)
+    int mfz_bit_set(uint64_t *bitmap, uint64_t bit)
+    int mfz_bit_clear(uint64_t *bitmap, uint64_t bit)
+    uint64_t mfz_popcount64(uint64_t v)
+
+MIN_PAGE_SIZE = 1024
+MAX_PAGE_SIZE = 2 * 1024 * 1024
+
+# The write modes of the receiver's zero-page kernel.
+cdef enum:
+    _IF_RECEIVED = 0   # multifd precopy: a page seen before is zeroed, a new one is not touched
+    _ALWAYS = 1        # postcopy-ram: every zero page is written (QEMU 10.1)
+    _IF_NONZERO = 2    # legacy stream (ram_handle_zero): read first, write only if not zero
+
+ZERO_IF_RECEIVED = _IF_RECEIVED
+ZERO_ALWAYS = _ALWAYS
+ZERO_IF_NONZERO = _IF_NONZERO
+
+
+# ----------------------------------------------------------------- validation
+
+cdef object _as_int(object value, str name):
+    """``operator.index`` with a clear message; bools are refused."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+
+
+cdef Py_ssize_t _check_page_size(object page_size) except -1:
+    page_size = _as_int(page_size, "page_size")
+    if not MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE or page_size & (page_size - 1):
+        raise ValueError(
+            f"page_size must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}, "
+            f"got {page_size}"
+        )
+    return page_size
+
+
+cdef int _get_bytes(object obj, Py_buffer *view, bint writable, str name) except -1:
+    """Acquire a C-contiguous buffer of any item type, as raw bytes."""
+    if not PyObject_CheckBuffer(obj):
+        raise TypeError(
+            f"{name} must support the buffer protocol (bytes, bytearray, memoryview, "
+            f"mmap, numpy array), not {type(obj).__name__}"
+        )
+    PyObject_GetBuffer(obj, view, PyBUF_STRIDES)
+    if not PyBuffer_IsContiguous(view, b'C'):
+        PyBuffer_Release(view)
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and view.readonly:
+        PyBuffer_Release(view)
+        raise ValueError(f"{name} is read-only, but this call writes into it")
+    return 0
+
+
+cdef bint _is_u64_format(const char *fmt) noexcept:
+    if fmt == NULL:
+        return False
+    if fmt[0] == b'@' or fmt[0] == b'=' or fmt[0] == b'<':
+        if fmt[0] != b'@' and not _little_endian():
+            return False
+        fmt += 1
+    return (fmt[0] == b'Q' or (fmt[0] == b'L' and sizeof(long) == 8)) and fmt[1] == 0
+
+
+cdef bint _little_endian() noexcept:
+    cdef uint64_t one = 1
+    return (<uint8_t *>&one)[0] == 1
+
+
+cdef int _get_u64(object obj, Py_buffer *view, bint writable, str name) except -1:
+    """Acquire a 1-D C-contiguous buffer of native uint64."""
+    if not PyObject_CheckBuffer(obj):
+        raise TypeError(
+            f"{name} must be a 1-D numpy.uint64 array (or another buffer of uint64), "
+            f"not {type(obj).__name__}"
+        )
+    PyObject_GetBuffer(obj, view, PyBUF_STRIDES | PyBUF_FORMAT)
+    if view.itemsize != 8 or not _is_u64_format(view.format):
+        fmt = (<bytes>view.format).decode("ascii", "replace") if view.format else "B"
+        PyBuffer_Release(view)
+        raise TypeError(f"{name} must hold uint64 items, got format {fmt!r}")
+    if view.ndim != 1:
+        ndim = view.ndim
+        PyBuffer_Release(view)
+        raise ValueError(f"{name} must be 1-D, got {ndim} dimensions")
+    if not PyBuffer_IsContiguous(view, b'C'):
+        PyBuffer_Release(view)
+        raise ValueError(f"{name} must be contiguous")
+    if writable and view.readonly:
+        PyBuffer_Release(view)
+        raise ValueError(f"{name} is read-only, but this call writes into it")
+    return 0
+
+
+cdef uint64_t *_copy_offsets(
+    const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size
+) except NULL:
+    """Copy and check every offset; the copy is what the kernels then use.
+
+    Working on a private copy means another thread that rewrites the caller's
+    array cannot make a kernel read or write outside the host buffer.
+    """
+    cdef Py_ssize_t n = offs.len // 8
+    cdef uint64_t *copy = <uint64_t *>malloc(max(n, 1) * 8)
+    cdef Py_ssize_t i
+    cdef uint64_t off
+    cdef uint64_t limit = <uint64_t>(host_len - page_size) if host_len >= page_size else 0
+    if copy == NULL:
+        raise MemoryError()
+    memcpy(copy, offs.buf, n * 8)
+    for i in range(n):
+        off = copy[i]
+        if off & <uint64_t>(page_size - 1):
+            free(copy)
+            raise ValueError(
+                f"offsets[{i}] = {off} is not a multiple of page_size {page_size}"
+            )
+        if host_len < page_size or off > limit:
+            free(copy)
+            raise ValueError(
+                f"offsets[{i}] = {off} is out of range: the page would end at "
+                f"{off + <uint64_t>page_size}, past the host buffer of {host_len} bytes"
+            )
+    return copy
+
+
+cdef int _check_bitmap(const Py_buffer *bitmap, Py_ssize_t host_len, Py_ssize_t page_size) except -1:
+    cdef Py_ssize_t pages = host_len // page_size
+    cdef Py_ssize_t words = (pages + 63) // 64
+    if bitmap.len // 8 < words:
+        raise ValueError(
+            f"receivedmap has {bitmap.len // 8} words, but the host's {pages} pages "
+            f"need {words}"
+        )
+    return 0
+
+
+def check_page_size(page_size):
+    """Return ``page_size`` as an int if it is a power of two from 1 KiB to 2 MiB.
+
+    Raises
+    ------
+    TypeError
+        Not an integer.
+    ValueError
+        Out of range or not a power of two.
+    """
+    return _check_page_size(page_size)
+
+
+# -------------------------------------------------------------- zero checks
+
+def is_zero(buf):
+    """Return True if every byte of ``buf`` is zero (QEMU's ``buffer_is_zero``).
+
+    Parameters
+    ----------
+    buf : buffer
+        Any C-contiguous object with the buffer protocol, of any length
+        (including 0), any item type and any start alignment. Read-only is fine.
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    TypeError
+        ``buf`` does not support the buffer protocol.
+    ValueError
+        ``buf`` is not C-contiguous.
+
+    Examples
+    --------
+    >>> from multifd_zero import is_zero
+    >>> is_zero(bytes(4096)), is_zero(b"\\0" * 4095 + b"\\1"), is_zero(b"")
+    (True, False, True)
+    """
+    cdef Py_buffer view
+    cdef int result
+    _get_bytes(buf, &view, False, "buf")
+    try:
+        if view.len < 65536:
+            # A GIL round trip would cost more than the scan.
+            result = mfz_is_zero(<const uint8_t *>view.buf, view.len)
+        else:
+            with nogil:
+                result = mfz_is_zero(<const uint8_t *>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return result != 0
+
+
+def zero_page_mask(buf, page_size=4096):
+    """Return one bool per page of ``buf``: True where the page is all zero.
+
+    Parameters
+    ----------
+    buf : buffer
+        C-contiguous buffer whose length in bytes is a multiple of ``page_size``.
+        Read-only is fine.
+    page_size : int, default 4096
+        A power of two from 1 KiB to 2 MiB.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``bool`` array of ``len(buf) // page_size`` entries.
+
+    Examples
+    --------
+    >>> from multifd_zero import zero_page_mask
+    >>> zero_page_mask(bytes(4096) + b"\\1" * 4096 + bytes(4096)).tolist()
+    [True, False, True]
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef Py_ssize_t n, i
+    cdef uint8_t[::1] out
+    _get_bytes(buf, &view, False, "buf")
+    try:
+        if view.len % ps:
+            raise ValueError(
+                f"the length of buf ({view.len} bytes) is not a multiple of "
+                f"page_size {ps}"
+            )
+        n = view.len // ps
+        mask = np.empty(n, dtype=np.bool_)
+        out = mask.view(np.uint8)
+        with nogil:
+            for i in range(n):
+                out[i] = mfz_is_zero(<const uint8_t *>view.buf + i * ps, ps)
+    finally:
+        PyBuffer_Release(&view)
+    return mask
+
+
+# ------------------------------------------------------------ the source side
+
+def partition_zero_pages(host, offsets, page_size=4096):
+    """Move normal pages left and zero pages right, exactly as QEMU does.
+
+    This is the two-pointer pass of QEMU's ``multifd_send_zero_page_detect``:
+    with ``i`` at the front and ``j`` at the back, a normal page at ``i``
+    advances ``i``; a zero page at ``i`` is swapped with ``offsets[j]`` and
+    ``j`` retreats. The resulting order matches QEMU's element for element.
+    Each page is tested once; the tests run in a forward pass first (cheaper
+    out of cache) and the swaps replay the pass from those results.
+
+    Parameters
+    ----------
+    host : buffer
+        The RAM block's memory, C-contiguous; read-only is fine.
+    offsets : numpy.ndarray
+        Writable, contiguous 1-D ``uint64`` byte offsets into ``host``, each a
+        multiple of ``page_size`` with the whole page inside ``host``.
+        Reordered in place.
+    page_size : int, default 4096
+        A power of two from 1 KiB to 2 MiB.
+
+    Returns
+    -------
+    int
+        The number of normal (non-zero) pages, QEMU's ``normal_num``:
+        ``offsets[:n]`` are the normal pages and ``offsets[n:]`` the zero pages.
+
+    Examples
+    --------
+    >>> import operator
+
+import numpy as np
+    >>> from multifd_zero import partition_zero_pages
+    >>> host = bytes(4096) + b"\\1" * 4096 + bytes(4096)   # zero, normal, zero
+    >>> offsets = np.array([0, 4096, 8192], dtype=np.uint64)
+    >>> partition_zero_pages(host, offsets), offsets.tolist()
+    (1, [4096, 8192, 0])
+    """
+    cdef Py_buffer hv, ov
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef uint64_t *work = NULL
+    cdef uint8_t *zero = NULL
+    cdef Py_ssize_t n, i, j, k
+    cdef uint64_t tmp_off
+    cdef uint8_t tmp_zero
+    cdef const uint8_t *base
+    _get_bytes(host, &hv, False, "host")
+    try:
+        _get_u64(offsets, &ov, True, "offsets")
+        try:
+            n = ov.len // 8
+            work = _copy_offsets(&ov, hv.len, ps)
+            zero = <uint8_t *>malloc(max(n, 1))
+            if zero == NULL:
+                raise MemoryError()
+            base = <const uint8_t *>hv.buf
+            with nogil:
+                for k in range(n):
+                    zero[k] = mfz_is_zero(base + work[k], ps)
+                # Replay QEMU's loop on the results, carrying each result with
+                # its offset, so the final order is QEMU's.
+                i = 0
+                j = n - 1
+                while i <= j:
+                    if not zero[i]:
+                        i += 1
+                        continue
+                    if i != j:
+                        tmp_off = work[i]
+                        work[i] = work[j]
+                        work[j] = tmp_off
+                        tmp_zero = zero[i]
+                        zero[i] = zero[j]
+                        zero[j] = tmp_zero
+                    j -= 1
+                memcpy(ov.buf, work, n * 8)
+        finally:
+            PyBuffer_Release(&ov)
+    finally:
+        PyBuffer_Release(&hv)
+        free(work)
+        free(zero)
+    return i
+
+
+def scan_zero_pages(host, offsets, page_size=4096):
+    """Return one bool per offset: True where that page of ``host`` is all zero.
+
+    The check that legacy detection (QEMU's ``save_zero_page``) runs per page,
+    done for a whole batch in one call. Nothing is reordered.
+
+    Parameters
+    ----------
+    host : buffer
+        C-contiguous; read-only is fine.
+    offsets : numpy.ndarray
+        Contiguous 1-D ``uint64`` byte offsets, page-aligned and inside ``host``.
+    page_size : int, default 4096
+
+    Returns
+    -------
+    numpy.ndarray
+        ``bool`` array with ``len(offsets)`` entries.
+    """
+    cdef Py_buffer hv, ov
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef uint64_t *work = NULL
+    cdef Py_ssize_t n, k
+    cdef uint8_t[::1] out
+    cdef const uint8_t *base
+    _get_bytes(host, &hv, False, "host")
+    try:
+        _get_u64(offsets, &ov, False, "offsets")
+        try:
+            n = ov.len // 8
+            work = _copy_offsets(&ov, hv.len, ps)
+            mask = np.empty(n, dtype=np.bool_)
+            out = mask.view(np.uint8)
+            base = <const uint8_t *>hv.buf
+            with nogil:
+                for k in range(n):
+                    out[k] = mfz_is_zero(base + work[k], ps)
+        finally:
+            PyBuffer_Release(&ov)
+    finally:
+        PyBuffer_Release(&hv)
+        free(work)
+    return mask
+
+
+# ------------------------------------------------------- the destination side
+
+def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_RECEIVED):
+    """Apply a batch of zero pages to the destination and mark them received.
+
+    For each offset, in order (QEMU's ``multifd_recv_zero_page_process``):
+    the page's receivedmap bit is tested; the page is zeroed when ``mode``
+    says so; a bit that was clear is then set atomically.
+
+    Parameters
+    ----------
+    host : buffer
+        The destination block's memory: C-contiguous and writable.
+    receivedmap : numpy.ndarray
+        Writable 1-D ``uint64`` words, one bit per page, least significant bit
+        first, covering every page of ``host``.
+    offsets : numpy.ndarray
+        Contiguous 1-D ``uint64`` byte offsets, page-aligned and inside ``host``.
+    page_size : int, default 4096
+    mode : int
+        ``ZERO_IF_RECEIVED`` (multifd precopy), ``ZERO_ALWAYS`` (postcopy-ram)
+        or ``ZERO_IF_NONZERO`` (the legacy stream's ``ram_handle_zero``).
+
+    Returns
+    -------
+    int
+        The number of pages written with zeros.
+    """
+    cdef Py_buffer hv, mv, ov
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef uint64_t *work = NULL
+    cdef Py_ssize_t n, k, written = 0
+    cdef uint64_t bit
+    cdef int received, how
+    cdef uint8_t *base
+    cdef uint64_t *words
+    cdef int shift = 0
+    mode = _as_int(mode, "mode")
+    if mode not in (ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO):
+        raise ValueError(f"mode must be ZERO_IF_RECEIVED, ZERO_ALWAYS or ZERO_IF_NONZERO, got {mode}")
+    how = mode
+    while (1 << shift) < ps:
+        shift += 1
+    _get_bytes(host, &hv, True, "host")
+    try:
+        _get_u64(receivedmap, &mv, True, "receivedmap")
+        try:
+            _check_bitmap(&mv, hv.len, ps)
+            _get_u64(offsets, &ov, False, "offsets")
+            try:
+                n = ov.len // 8
+                work = _copy_offsets(&ov, hv.len, ps)
+                base = <uint8_t *>hv.buf
+                words = <uint64_t *>mv.buf
+                with nogil:
+                    for k in range(n):
+                        bit = work[k] >> shift
+                        received = mfz_bit_test(words, bit)
+                        if how == _IF_NONZERO:
+                            if not mfz_is_zero(base + work[k], ps):
+                                memset(base + work[k], 0, ps)
+                                written += 1
+                        elif how == _ALWAYS or received:
+                            memset(base + work[k], 0, ps)
+                            written += 1
+                        if not received:
+                            mfz_bit_set(words, bit)
+            finally:
+                PyBuffer_Release(&ov)
+        finally:
+            PyBuffer_Release(&mv)
+    finally:
+        PyBuffer_Release(&hv)
+        free(work)
+    return written
+
+
+def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096):
+    """Write normal pages into the destination and mark them received.
+
+    Page ``k`` of ``data`` goes to ``host[offsets[k]:offsets[k] + page_size]``;
+    as QEMU's nocomp receiver does, each page's bit is set before its data
+    lands.
+
+    Parameters
+    ----------
+    host : buffer
+        The destination block's memory: C-contiguous and writable.
+    receivedmap : numpy.ndarray
+        Writable 1-D ``uint64`` words covering every page of ``host``.
+    offsets : numpy.ndarray
+        Contiguous 1-D ``uint64`` byte offsets, page-aligned and inside ``host``.
+    data : buffer
+        C-contiguous, exactly ``len(offsets) * page_size`` bytes.
+    page_size : int, default 4096
+
+    Returns
+    -------
+    int
+        The number of pages written.
+    """
+    cdef Py_buffer hv, mv, ov, dv
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef uint64_t *work = NULL
+    cdef Py_ssize_t n, k
+    cdef int shift = 0
+    cdef uint8_t *base
+    cdef const uint8_t *src
+    cdef uint64_t *words
+    while (1 << shift) < ps:
+        shift += 1
+    _get_bytes(host, &hv, True, "host")
+    try:
+        _get_u64(receivedmap, &mv, True, "receivedmap")
+        try:
+            _check_bitmap(&mv, hv.len, ps)
+            _get_u64(offsets, &ov, False, "offsets")
+            try:
+                _get_bytes(data, &dv, False, "data")
+                try:
+                    n = ov.len // 8
+                    if dv.len != n * ps:
+                        raise ValueError(
+                            f"data holds {dv.len} bytes, but {n} pages of {ps} bytes "
+                            f"need {n * ps}"
+                        )
+                    work = _copy_offsets(&ov, hv.len, ps)
+                    base = <uint8_t *>hv.buf
+                    src = <const uint8_t *>dv.buf
+                    words = <uint64_t *>mv.buf
+                    with nogil:
+                        for k in range(n):
+                            mfz_bit_set(words, work[k] >> shift)
+                            memcpy(base + work[k], src + k * ps, ps)
+                finally:
+                    PyBuffer_Release(&dv)
+            finally:
+                PyBuffer_Release(&ov)
+        finally:
+            PyBuffer_Release(&mv)
+    finally:
+        PyBuffer_Release(&hv)
+        free(work)
+    return n
+
+
+def gather_pages(host, offsets, out, page_size=4096):
+    """Copy the pages at ``offsets`` of ``host``, in order, into ``out``.
+
+    The sender's half of a normal-page transfer (QEMU's iovec of normal pages).
+
+    Parameters
+    ----------
+    host : buffer
+        C-contiguous; read-only is fine.
+    offsets : numpy.ndarray
+        Contiguous 1-D ``uint64`` byte offsets, page-aligned and inside ``host``.
+    out : buffer
+        Writable, C-contiguous, exactly ``len(offsets) * page_size`` bytes.
+    page_size : int, default 4096
+
+    Returns
+    -------
+    int
+        The number of pages copied.
+    """
+    cdef Py_buffer hv, ov, dv
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef uint64_t *work = NULL
+    cdef Py_ssize_t n, k
+    cdef const uint8_t *base
+    cdef uint8_t *dst
+    _get_bytes(host, &hv, False, "host")
+    try:
+        _get_u64(offsets, &ov, False, "offsets")
+        try:
+            _get_bytes(out, &dv, True, "out")
+            try:
+                n = ov.len // 8
+                if dv.len != n * ps:
+                    raise ValueError(
+                        f"out holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
+                    )
+                work = _copy_offsets(&ov, hv.len, ps)
+                base = <const uint8_t *>hv.buf
+                dst = <uint8_t *>dv.buf
+                with nogil:
+                    for k in range(n):
+                        memcpy(dst + k * ps, base + work[k], ps)
+            finally:
+                PyBuffer_Release(&dv)
+        finally:
+            PyBuffer_Release(&ov)
+    finally:
+        PyBuffer_Release(&hv)
+        free(work)
+    return n
+
+
+# ----------------------------------------------------------- receivedmap bits
+
+cdef uint64_t _check_bit(const Py_buffer *mv, object bit) except? 0:
+    bit = _as_int(bit, "bit")
+    if bit < 0 or bit >= mv.len * 8:
+        raise ValueError(f"bit {bit} is out of range for a bitmap of {mv.len * 8} bits")
+    return <uint64_t>bit
+
+
+def bitmap_test(bitmap, bit):
+    """Return the value of ``bit`` in a ``uint64`` bitmap (an atomic load)."""
+    cdef Py_buffer mv
+    cdef int r
+    _get_u64(bitmap, &mv, False, "bitmap")
+    try:
+        r = mfz_bit_test(<const uint64_t *>mv.buf, _check_bit(&mv, bit))
+    finally:
+        PyBuffer_Release(&mv)
+    return r != 0
+
+
+def bitmap_set(bitmap, bit):
+    """Set ``bit`` atomically; return its previous value."""
+    cdef Py_buffer mv
+    cdef int r
+    _get_u64(bitmap, &mv, True, "bitmap")
+    try:
+        r = mfz_bit_set(<uint64_t *>mv.buf, _check_bit(&mv, bit))
+    finally:
+        PyBuffer_Release(&mv)
+    return r != 0
+
+
+def bitmap_clear(bitmap, bit):
+    """Clear ``bit`` atomically; return its previous value."""
+    cdef Py_buffer mv
+    cdef int r
+    _get_u64(bitmap, &mv, True, "bitmap")
+    try:
+        r = mfz_bit_clear(<uint64_t *>mv.buf, _check_bit(&mv, bit))
+    finally:
+        PyBuffer_Release(&mv)
+    return r != 0
+
+
+def bitmap_count(bitmap):
+    """Return the number of set bits in a ``uint64`` bitmap."""
+    cdef Py_buffer mv
+    cdef uint64_t total = 0
+    cdef Py_ssize_t k
+    cdef const uint64_t *words
+    _get_u64(bitmap, &mv, False, "bitmap")
+    try:
+        words = <const uint64_t *>mv.buf
+        with nogil:
+            for k in range(mv.len // 8):
+                total += mfz_popcount64(words[k])
+    finally:
+        PyBuffer_Release(&mv)
+    return total
+
+
+# ---------------------------------------------------------------- SIMD paths
+
+def simd_paths():
+    """Return the names of the zero-check paths this CPU can run, slowest first."""
+    return tuple(
+        (<bytes>mfz_path_names[p]).decode() for p in range(MFZ_NPATHS) if mfz_path_supported(p)
+    )
+
+
+def get_simd():
+    """Return the name of the active zero-check path."""
+    return (<bytes>mfz_path_names[mfz_current]).decode()
+
+
+def set_simd(name):
+    """Select the zero-check path by name (``"best"`` picks the fastest available).
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str.
+    ValueError
+        Unknown name, or a path this CPU cannot run.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    if name == "best":
+        mfz_select(mfz_best_path())
+        return get_simd()
+    for p in range(MFZ_NPATHS):
+        if (<bytes>mfz_path_names[p]).decode() == name:
+            if mfz_select(p) != 0:
+                raise ValueError(f"SIMD path {name!r} is not supported by this CPU")
+            return get_simd()
+    known = ", ".join((<bytes>mfz_path_names[p]).decode() for p in range(MFZ_NPATHS))
+    raise ValueError(f"unknown SIMD path {name!r}; known paths: best, {known}")
+
+
+mfz_select(mfz_best_path())

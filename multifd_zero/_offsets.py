@@ -1,0 +1,56 @@
+"""Turning user input into checked ``uint64`` offset arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+OffsetArray = npt.NDArray[np.uint64]
+
+
+def as_offsets(offsets: Any, name: str = "offsets") -> OffsetArray:
+    """Return a new contiguous 1-D ``uint64`` array holding ``offsets``.
+
+    Accepts integer sequences and integer numpy arrays; refuses floats, bools,
+    strings, negative values and more than one dimension.
+    """
+    if isinstance(offsets, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be a sequence of ints, not {type(offsets).__name__}")
+    try:
+        arr = np.asarray(offsets)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{name} must be a sequence of ints: {exc}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got {arr.ndim} dimensions")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "i" and (arr < 0).any():
+        index = int(np.flatnonzero(arr < 0)[0])
+        raise ValueError(f"{name}[{index}] = {int(arr[index])} is negative")
+    return np.ascontiguousarray(arr, dtype=np.uint64).copy()
+
+
+def check_offsets(
+    offsets: OffsetArray, used_length: int, page_size: int, name: str = "offsets"
+) -> None:
+    """Raise ValueError unless every offset is page-aligned with its page inside the block."""
+    if offsets.size == 0:
+        return
+    misaligned = np.flatnonzero(offsets & np.uint64(page_size - 1))
+    if misaligned.size:
+        i = int(misaligned[0])
+        raise ValueError(
+            f"{name}[{i}] = {int(offsets[i])} is not a multiple of page_size {page_size}"
+        )
+    last = used_length - page_size
+    outside = np.flatnonzero(offsets > np.uint64(max(last, 0))) if last >= 0 else np.arange(1)
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(
+            f"{name}[{i}] = {int(offsets[i])} is out of range: the page would end at "
+            f"{int(offsets[i]) + page_size}, past the block's {used_length} bytes"
+        )
