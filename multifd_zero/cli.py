@@ -92,7 +92,8 @@ def _print_demo(result: dict[str, object]) -> None:
     print(f"  normal (query-migrate): {qm['normal']}")
     print(f"  duplicate (zero pages): {qm['duplicate']}")
     print(f"  normal-bytes:          {qm['normal-bytes']}")
-    print(f"  zero pages written on the destination: {result['zero_pages_written_on_destination']}")
+    written = result["zero_pages_written_on_destination"]
+    print(f"  zero pages written on the destination: {written}")
     print(f"  pages marked received: {result['received_pages']}")
     print(
         f"  detection: {result['detect_seconds']:.3f} s, "

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from . import _kernels
 from ._offsets import OffsetArray, as_offsets, check_offsets
 from .ramblock import RAMBlock
