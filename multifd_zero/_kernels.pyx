@@ -9,13 +9,14 @@ any byte, bit or offset has changed.
 
 from cpython.buffer cimport (
     PyBUF_FORMAT,
+    PyBUF_WRITABLE,
     PyBUF_STRIDES,
     PyBuffer_IsContiguous,
     PyBuffer_Release,
     PyObject_CheckBuffer,
     PyObject_GetBuffer,
 )
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -35,6 +36,8 @@ cdef extern from "_simd.h" nogil:
     int mfz_bit_set(uint64_t *bitmap, uint64_t bit)
     int mfz_bit_clear(uint64_t *bitmap, uint64_t bit)
     uint64_t mfz_popcount64(uint64_t v)
+    void mfz_zero_page(uint8_t *p, size_t length)
+    uint64_t mfz_read_all(const uint8_t *buf, size_t length)
 
 MIN_PAGE_SIZE = 1024
 MAX_PAGE_SIZE = 2 * 1024 * 1024
@@ -63,7 +66,8 @@ cdef object _as_int(object value, str name):
 
 
 cdef Py_ssize_t _check_page_size(object page_size) except -1:
-    page_size = _as_int(page_size, "page_size")
+    if type(page_size) is not int:
+        page_size = _as_int(page_size, "page_size")
     if not MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE or page_size & (page_size - 1):
         raise ValueError(
             f"page_size must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}, "
@@ -104,8 +108,8 @@ cdef bint _little_endian() noexcept:
     return (<uint8_t *>&one)[0] == 1
 
 
-cdef int _get_u64(object obj, Py_buffer *view, bint writable, str name) except -1:
-    """Acquire a 1-D C-contiguous buffer of native uint64."""
+cdef int _get_u64(object obj, Py_buffer *view, bint writable, str name, int ndim=1) except -1:
+    """Acquire a C-contiguous buffer of native uint64 with ``ndim`` dimensions."""
     if not PyObject_CheckBuffer(obj):
         raise TypeError(
             f"{name} must be a 1-D numpy.uint64 array (or another buffer of uint64), "
@@ -116,10 +120,10 @@ cdef int _get_u64(object obj, Py_buffer *view, bint writable, str name) except -
         fmt = (<bytes>view.format).decode("ascii", "replace") if view.format else "B"
         PyBuffer_Release(view)
         raise TypeError(f"{name} must hold uint64 items, got format {fmt!r}")
-    if view.ndim != 1:
-        ndim = view.ndim
+    if view.ndim != ndim:
+        got = view.ndim
         PyBuffer_Release(view)
-        raise ValueError(f"{name} must be 1-D, got {ndim} dimensions")
+        raise ValueError(f"{name} must be {ndim}-D, got {got} dimensions")
     if not PyBuffer_IsContiguous(view, b'C'):
         PyBuffer_Release(view)
         raise ValueError(f"{name} must be contiguous")
@@ -183,6 +187,25 @@ def check_page_size(page_size):
         Out of range or not a power of two.
     """
     return _check_page_size(page_size)
+
+
+cdef object _BOOL = np.dtype(np.bool_)
+
+
+cdef uint8_t *_bool_data(object arr) except NULL:
+    """The data of a new, contiguous numpy array we just made."""
+    cdef Py_buffer view
+    cdef uint8_t *data
+    PyObject_GetBuffer(arr, &view, PyBUF_WRITABLE)
+    data = <uint8_t *>view.buf
+    # The array outlives this call and keeps the memory; the view is not needed.
+    PyBuffer_Release(&view)
+    if data == NULL:
+        data = <uint8_t *>&_EMPTY_BYTE
+    return data
+
+
+cdef uint8_t _EMPTY_BYTE = 0
 
 
 # -------------------------------------------------------------- zero checks
@@ -253,7 +276,7 @@ def zero_page_mask(buf, page_size=4096):
     cdef Py_buffer view
     cdef Py_ssize_t ps = _check_page_size(page_size)
     cdef Py_ssize_t n, i
-    cdef uint8_t[::1] out
+    cdef uint8_t *out
     _get_bytes(buf, &view, False, "buf")
     try:
         if view.len % ps:
@@ -262,8 +285,8 @@ def zero_page_mask(buf, page_size=4096):
                 f"page_size {ps}"
             )
         n = view.len // ps
-        mask = np.empty(n, dtype=np.bool_)
-        out = mask.view(np.uint8)
+        mask = np.empty(n, dtype=_BOOL)
+        out = _bool_data(mask)
         with nogil:
             for i in range(n):
                 out[i] = mfz_is_zero(<const uint8_t *>view.buf + i * ps, ps)
@@ -316,10 +339,7 @@ import numpy as np
     cdef Py_ssize_t ps = _check_page_size(page_size)
     cdef uint64_t *work = NULL
     cdef uint8_t *zero = NULL
-    cdef Py_ssize_t n, i, j, k
-    cdef uint64_t tmp_off
-    cdef uint8_t tmp_zero
-    cdef const uint8_t *base
+    cdef Py_ssize_t n, normal = 0
     _get_bytes(host, &hv, False, "host")
     try:
         _get_u64(offsets, &ov, True, "offsets")
@@ -329,26 +349,8 @@ import numpy as np
             zero = <uint8_t *>malloc(max(n, 1))
             if zero == NULL:
                 raise MemoryError()
-            base = <const uint8_t *>hv.buf
             with nogil:
-                for k in range(n):
-                    zero[k] = mfz_is_zero(base + work[k], ps)
-                # Replay QEMU's loop on the results, carrying each result with
-                # its offset, so the final order is QEMU's.
-                i = 0
-                j = n - 1
-                while i <= j:
-                    if not zero[i]:
-                        i += 1
-                        continue
-                    if i != j:
-                        tmp_off = work[i]
-                        work[i] = work[j]
-                        work[j] = tmp_off
-                        tmp_zero = zero[i]
-                        zero[i] = zero[j]
-                        zero[j] = tmp_zero
-                    j -= 1
+                normal = _partition(<const uint8_t *>hv.buf, ps, work, zero, n)
                 memcpy(ov.buf, work, n * 8)
         finally:
             PyBuffer_Release(&ov)
@@ -356,6 +358,93 @@ import numpy as np
         PyBuffer_Release(&hv)
         free(work)
         free(zero)
+    return normal
+
+
+def partition_batches(host, offsets, page_size=4096):
+    """Run :func:`partition_zero_pages` on every row of a 2-D offsets array.
+
+    One call for many batches of the same block (say, the packets a channel
+    has queued), so the GIL is released once for all of them.
+
+    Parameters
+    ----------
+    host : buffer
+        The RAM block's memory, C-contiguous; read-only is fine.
+    offsets : numpy.ndarray
+        Writable, C-contiguous 2-D ``uint64`` array, one batch per row; every
+        offset page-aligned with its page inside ``host``. Each row is
+        reordered in place exactly as :func:`partition_zero_pages` would.
+    page_size : int, default 4096
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64``, the number of normal pages of each row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from multifd_zero import partition_batches
+    >>> host = bytes(4096) + b"\\1" * 4096
+    >>> offsets = np.array([[0, 4096], [4096, 0]], dtype=np.uint64)
+    >>> partition_batches(host, offsets).tolist(), offsets.tolist()
+    ([1, 1], [[4096, 0], [4096, 0]])
+    """
+    cdef Py_buffer hv, ov
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef uint64_t *work = NULL
+    cdef uint8_t *zero = NULL
+    cdef Py_ssize_t rows, cols, r
+    cdef int64_t *out
+    _get_bytes(host, &hv, False, "host")
+    try:
+        _get_u64(offsets, &ov, True, "offsets", 2)
+        try:
+            rows = ov.shape[0]
+            cols = ov.shape[1]
+            work = _copy_offsets(&ov, hv.len, ps)
+            zero = <uint8_t *>malloc(max(cols, 1))
+            if zero == NULL:
+                raise MemoryError()
+            normals = np.empty(rows, dtype=np.int64)
+            out = <int64_t *>_bool_data(normals)
+            with nogil:
+                for r in range(rows):
+                    out[r] = _partition(<const uint8_t *>hv.buf, ps, work + r * cols, zero, cols)
+                memcpy(ov.buf, work, rows * cols * 8)
+        finally:
+            PyBuffer_Release(&ov)
+    finally:
+        PyBuffer_Release(&hv)
+        free(work)
+        free(zero)
+    return normals
+
+
+cdef Py_ssize_t _partition(
+    const uint8_t *base, Py_ssize_t ps, uint64_t *work, uint8_t *zero, Py_ssize_t n
+) noexcept nogil:
+    """QEMU's two-pointer pass over ``work``, with the tests done in a forward pass first."""
+    cdef Py_ssize_t i = 0, j = n - 1, k
+    cdef uint64_t tmp_off
+    cdef uint8_t tmp_zero
+    for k in range(n):
+        zero[k] = mfz_is_zero(base + work[k], ps)
+    # Replay QEMU's loop on the results, carrying each result with its
+    # offset, so that the final order is QEMU's.
+    while i <= j:
+        if not zero[i]:
+            i += 1
+            continue
+        if i != j:
+            tmp_off = work[i]
+            work[i] = work[j]
+            work[j] = tmp_off
+            tmp_zero = zero[i]
+            zero[i] = zero[j]
+            zero[j] = tmp_zero
+        j -= 1
     return i
 
 
@@ -382,7 +471,7 @@ def scan_zero_pages(host, offsets, page_size=4096):
     cdef Py_ssize_t ps = _check_page_size(page_size)
     cdef uint64_t *work = NULL
     cdef Py_ssize_t n, k
-    cdef uint8_t[::1] out
+    cdef uint8_t *out
     cdef const uint8_t *base
     _get_bytes(host, &hv, False, "host")
     try:
@@ -390,8 +479,8 @@ def scan_zero_pages(host, offsets, page_size=4096):
         try:
             n = ov.len // 8
             work = _copy_offsets(&ov, hv.len, ps)
-            mask = np.empty(n, dtype=np.bool_)
-            out = mask.view(np.uint8)
+            mask = np.empty(n, dtype=_BOOL)
+            out = _bool_data(mask)
             base = <const uint8_t *>hv.buf
             with nogil:
                 for k in range(n):
@@ -467,7 +556,7 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
                                 memset(base + work[k], 0, ps)
                                 written += 1
                         elif how == _ALWAYS or received:
-                            memset(base + work[k], 0, ps)
+                            mfz_zero_page(base + work[k], ps)
                             written += 1
                         if not received:
                             mfz_bit_set(words, bit)
@@ -663,6 +752,19 @@ def bitmap_count(bitmap):
     finally:
         PyBuffer_Release(&mv)
     return total
+
+
+def _read_all(buf):
+    """OR every byte of ``buf`` with no early exit; for the benchmark's limit row."""
+    cdef Py_buffer view
+    cdef uint64_t r
+    _get_bytes(buf, &view, False, "buf")
+    try:
+        with nogil:
+            r = mfz_read_all(<const uint8_t *>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return r
 
 
 # ---------------------------------------------------------------- SIMD paths

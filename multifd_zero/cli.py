@@ -74,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--postcopy-ram", action="store_true", help="enable postcopy-ram")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark the kernels against numpy and bytes == (a measurement, not a test)",
+        description=(
+            "Measure multifd_zero's kernels against numpy and a bytes == comparison "
+            "in this process: ns per page, GB/s and ratios, medians of repeated runs."
+        ),
+    )
+    bench.add_argument("--region-mib", type=_positive, default=1024, help="out-of-cache region")
+    bench.add_argument("--repeats", type=_positive, default=7, help="runs per median")
+    bench.add_argument("--quick", action="store_true", help="small sizes: check that it runs")
+    bench.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
     return parser
 
 
@@ -131,4 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _print_demo(result)
         return 0 if result["verified"] else 1
+    if args.command == "bench":
+        from .bench import format_table, run_benchmarks
+
+        results = run_benchmarks(
+            region_mib=args.region_mib, repeats=args.repeats, quick=args.quick
+        )
+        print(format_table(results))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2)
+                f.write("\n")
+        return 0
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -1,0 +1,380 @@
+"""Benchmarks: multifd_zero's kernels against the baselines a user would reach for.
+
+Every row is measured in one process, in one run, against numpy and against a
+``bytes ==`` comparison with a zero page, and reported in ns per page and GB/s
+with the ratios. Medians of repeated runs. This is a measurement, never a test.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _kernels
+
+__all__ = ["BenchRow", "cpu_name", "run_benchmarks"]
+
+PAGE = 4096
+BATCH = 128
+
+
+@dataclass
+class BenchRow:
+    """One benchmark row: ns per page for each contender."""
+
+    name: str
+    pages: int
+    ns_per_page: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def gb_per_s(self, who: str) -> float:
+        """Guest memory scanned per second, in GB/s (1e9 bytes)."""
+        return PAGE / self.ns_per_page[who]
+
+    def ratio(self, who: str, base: str = "multifd_zero") -> float:
+        """How many times faster ``base`` is than ``who``."""
+        return self.ns_per_page[who] / self.ns_per_page[base]
+
+
+def cpu_name() -> str:
+    """The CPU model, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _median_ns(fn: Callable[[], object], units: int, repeats: int, min_time: float) -> float:
+    """Median over ``repeats`` runs of the time per unit, each run at least ``min_time`` s."""
+    fn()
+    loops = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            break
+        loops *= 2
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        samples.append((time.perf_counter() - t0) / loops / units * 1e9)
+    return statistics.median(samples)
+
+
+def _pages(n: int, zero_share: float, seed: int) -> npt.NDArray[np.uint8]:
+    """``n`` pages: a ``zero_share`` of them zero, the rest random bytes. Touched."""
+    rng = np.random.default_rng(seed)
+    ram = np.empty((n, PAGE), dtype=np.uint8)
+    ram.fill(0)  # really allocate: untouched anonymous pages all map one zero page
+    normal = np.flatnonzero(rng.random(n) >= zero_share)
+    ram[normal] = rng.integers(0, 256, size=(normal.size, PAGE), dtype=np.uint8)
+    ram[normal, 0] |= 1
+    return ram.reshape(-1)
+
+
+def _numpy_partition(words: npt.NDArray[np.uint64], offsets: npt.NDArray[np.uint64]) -> Any:
+    zero = np.bitwise_or.reduce(words, axis=1) == 0
+    return offsets[~zero], offsets[zero]
+
+
+def _bytes_partition(
+    host: bytes, offsets: list[int], zero_page: bytes
+) -> tuple[list[int], list[int]]:
+    normal: list[int] = []
+    zero: list[int] = []
+    for off in offsets:
+        (zero if host[off : off + PAGE] == zero_page else normal).append(off)
+    return normal, zero
+
+
+def _batch_row(name: str, zero_share: float, repeats: int, min_time: float) -> BenchRow:
+    ram = _pages(BATCH, zero_share, seed=1)
+    host = ram.tobytes()
+    offsets = np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE)
+    words = np.frombuffer(host, dtype=np.uint64).reshape(BATCH, PAGE // 8)
+    off_list = offsets.tolist()
+    zero_page = bytes(PAGE)
+    row = BenchRow(name, BATCH)
+    row.ns_per_page["multifd_zero"] = _median_ns(
+        lambda: _kernels.partition_zero_pages(host, offsets, PAGE), BATCH, repeats, min_time
+    )
+    row.ns_per_page["numpy"] = _median_ns(
+        lambda: _numpy_partition(words, offsets), BATCH, repeats, min_time
+    )
+    row.ns_per_page["bytes =="] = _median_ns(
+        lambda: _bytes_partition(host, off_list, zero_page), BATCH, repeats, min_time
+    )
+    row.ns_per_page["read limit"] = _median_ns(
+        lambda: _kernels._read_all(host), BATCH, repeats, min_time
+    )
+    row.note = (
+        "one 512 KiB batch (128 x 4 KiB), in L2; numpy: bitwise_or.reduce(axis=1) + split; "
+        "read limit: one streaming OR over the batch, no early exit"
+    )
+    return row
+
+
+def _region_row(
+    name: str, ram: npt.NDArray[np.uint8], repeats: int, min_time: float
+) -> BenchRow:
+    n = ram.size // PAGE
+    words = ram.view(np.uint64).reshape(n, PAGE // 8)
+    host = memoryview(ram)
+    zero_page = bytes(PAGE)
+    row = BenchRow(name, n)
+    row.ns_per_page["multifd_zero"] = _median_ns(
+        lambda: _kernels.zero_page_mask(host, PAGE), n, repeats, min_time
+    )
+    row.ns_per_page["numpy"] = _median_ns(
+        lambda: np.logical_not(words.any(axis=1)), n, max(1, repeats // 2), min_time
+    )
+
+    raw = ram.tobytes()
+
+    def by_bytes() -> int:
+        return sum(raw[o : o + PAGE] == zero_page for o in range(0, len(raw), PAGE))
+
+    row.ns_per_page["bytes =="] = _median_ns(by_bytes, n, max(1, repeats // 3), min_time)
+    offsets = (np.arange(n, dtype=np.uint64) * np.uint64(PAGE)).reshape(-1, BATCH)
+    row.ns_per_page["partition"] = _median_ns(
+        lambda: _kernels.partition_batches(ram, offsets, PAGE), n, repeats, min_time
+    )
+    row.ns_per_page["read limit"] = _median_ns(
+        lambda: _kernels._read_all(ram), n, repeats, min_time
+    )
+    row.note = (
+        f"{ram.size >> 20} MiB region, out of cache; multifd_zero: zero_page_mask; "
+        "partition: partition_batches over every 128-page batch; numpy: any(axis=1)"
+    )
+    return row
+
+
+def _threads_ns(fn: Callable[[int], object], nthreads: int, units: int, repeats: int) -> float:
+    """Median ns per unit when ``nthreads`` threads each run ``fn(index)`` once."""
+    samples = []
+    for _ in range(repeats):
+        barrier = threading.Barrier(nthreads + 1)
+
+        def work(i: int, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            fn(i)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(nthreads)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        samples.append((time.perf_counter() - t0) / units * 1e9)
+    return statistics.median(samples)
+
+
+def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
+    rows = []
+    n = ram.size // PAGE
+    half = ram.size // 2
+    halves = [memoryview(ram)[:half], memoryview(ram)[half:]]
+    row = BenchRow("out of cache, 1 vs 2 threads (zero_page_mask on halves)", n)
+    mask = _kernels.zero_page_mask
+    row.ns_per_page["1 thread"] = _threads_ns(
+        lambda i: (mask(halves[0], PAGE), mask(halves[1], PAGE)), 1, n, repeats
+    )
+    row.ns_per_page["2 threads"] = _threads_ns(
+        lambda i: _kernels.zero_page_mask(halves[i], PAGE), 2, n, repeats
+    )
+    rows.append(row)
+    # In cache: each thread partitions its own L2-resident batch again and
+    # again, 64 batches a call (partition_batches) and one batch a call.
+    reps = 64
+    regions = [_pages(BATCH, 1.0, seed=3 + i) for i in range(2)]
+    grids = [
+        np.tile(np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE), (reps, 1)) for _ in range(2)
+    ]
+    singles = [np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE) for _ in range(2)]
+    calls = 40
+
+    def batched(i: int) -> None:
+        for _ in range(calls):
+            _kernels.partition_batches(regions[i], grids[i], PAGE)
+
+    def single(i: int) -> None:
+        for _ in range(calls * reps):
+            _kernels.partition_zero_pages(regions[i], singles[i], PAGE)
+
+    units = BATCH * reps * calls * 2
+    for label, fn in (("64 batches a call", batched), ("one batch a call", single)):
+        row = BenchRow(f"in L2, 1 vs 2 threads (partition, 100% zero, {label})", units)
+        row.ns_per_page["1 thread"] = _threads_ns(
+            lambda i, fn=fn: (fn(0), fn(1)), 1, units, repeats  # type: ignore[misc]
+        )
+        row.ns_per_page["2 threads"] = _threads_ns(fn, 2, units, repeats)
+        rows.append(row)
+    return rows
+
+
+def _paths_row(repeats: int, min_time: float) -> BenchRow:
+    host = _pages(BATCH, 1.0, seed=9).tobytes()
+    offsets = np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE)
+    active = _kernels.get_simd()
+    row = BenchRow("batch partition, 100% zero pages, per SIMD path", BATCH)
+    try:
+        for path in reversed(_kernels.simd_paths()):
+            _kernels.set_simd(path)
+            row.ns_per_page[path] = _median_ns(
+                lambda: _kernels.partition_zero_pages(host, offsets, PAGE),
+                BATCH,
+                repeats,
+                min_time,
+            )
+    finally:
+        _kernels.set_simd(active)
+    return row
+
+
+def _single_page_row(repeats: int, min_time: float) -> BenchRow:
+    page = bytes(PAGE)
+    zero_page = bytes(PAGE)
+    arr = np.frombuffer(page, dtype=np.uint64)
+    row = BenchRow("one 4 KiB zero page, one Python call", 1)
+    row.ns_per_page["multifd_zero"] = _median_ns(
+        lambda: _kernels.is_zero(page), 1, repeats, min_time
+    )
+    row.ns_per_page["numpy"] = _median_ns(lambda: not arr.any(), 1, repeats, min_time)
+    row.ns_per_page["bytes =="] = _median_ns(lambda: page == zero_page, 1, repeats, min_time)
+    row.note = "numpy: not np.frombuffer(page, uint64).any() on a ready array"
+    return row
+
+
+def _big_is_zero_row(repeats: int, min_time: float) -> BenchRow:
+    buf = np.zeros(1 << 20, dtype=np.uint8)
+    buf.fill(0)
+    n = buf.size // PAGE
+    host = buf.data
+    row = BenchRow("is_zero on 1 MiB (L2) vs zero_page_mask", n)
+    row.ns_per_page["multifd_zero"] = _median_ns(
+        lambda: _kernels.is_zero(host), n, repeats, min_time
+    )
+    row.ns_per_page["zero_page_mask"] = _median_ns(
+        lambda: _kernels.zero_page_mask(host, PAGE), n, repeats, min_time
+    )
+    words = buf.view(np.uint64)
+    row.ns_per_page["numpy"] = _median_ns(lambda: not words.any(), n, repeats, min_time)
+    zero = bytes(buf.size)
+    raw = bytes(buf)
+    row.ns_per_page["bytes =="] = _median_ns(lambda: raw == zero, n, repeats, min_time)
+    return row
+
+
+def _recv_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> BenchRow:
+    n = ram.size // PAGE
+    offsets = np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
+    bitmap = np.zeros((n + 63) // 64, dtype=np.uint64)
+    row = BenchRow("destination zero-page process, pages received before (memset)", n)
+    bitmap[:] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    row.ns_per_page["multifd_zero"] = _median_ns(
+        lambda: _kernels.recv_zero_pages(ram, bitmap, offsets, PAGE, _kernels.ZERO_ALWAYS),
+        n, repeats, min_time,
+    )
+    words = ram.view(np.uint64)
+    row.ns_per_page["numpy"] = _median_ns(lambda: words.fill(0), n, repeats, min_time)
+    row.note = f"{ram.size >> 20} MiB; numpy: ndarray.fill(0) of the same memory"
+    return row
+
+
+def run_benchmarks(
+    *, region_mib: int = 1024, repeats: int = 7, min_time: float = 0.05, quick: bool = False
+) -> dict[str, Any]:
+    """Run every row and return the results as plain data.
+
+    Parameters
+    ----------
+    region_mib : int
+        Size of the out-of-cache region (default 1 GiB).
+    repeats : int
+        Runs per median.
+    min_time : float
+        Seconds each run lasts at least.
+    quick : bool
+        Small sizes and few repeats, to check that the script works.
+    """
+    if quick:
+        region_mib, repeats, min_time = 64, 3, 0.005
+    rows: list[BenchRow] = []
+    rows.append(_batch_row("batch partition, 100% zero pages", 1.0, repeats, min_time))
+    rows.append(
+        _batch_row("batch partition, 50% zero, other pages random", 0.5, repeats, min_time)
+    )
+    big_zero = _pages(region_mib * 256, 1.0, seed=5)
+    rows.append(_region_row(f"{region_mib} MiB region, 100% zero", big_zero, repeats, min_time))
+    rows.extend(_scaling_rows(big_zero, repeats))
+    rows.append(_recv_row(big_zero, repeats, min_time))
+    del big_zero
+    mixed = _pages(region_mib * 256, 0.5, seed=6)
+    rows.append(
+        _region_row(f"{region_mib} MiB region, 50% zero random mix", mixed, repeats, min_time)
+    )
+    del mixed
+    rows.append(_single_page_row(repeats, min_time))
+    rows.append(_big_is_zero_row(repeats, min_time))
+    rows.append(_paths_row(repeats, min_time))
+    return {
+        "cpu": cpu_name(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "simd": _kernels.get_simd(),
+        "simd_paths": list(_kernels.simd_paths()),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "repeats": repeats,
+        "rows": [
+            {
+                **asdict(r),
+                "gb_per_s": {k: PAGE / v for k, v in r.ns_per_page.items()},
+            }
+            for r in rows
+        ],
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Render the result as a text table with ratios against multifd_zero."""
+    lines = [
+        f"CPU: {result['cpu']} ({result['cpus']} CPUs); SIMD path: {result['simd']} "
+        f"(available: {', '.join(result['simd_paths'])}); numpy {result['numpy']}; "
+        f"Python {result['python']}; medians of {result['repeats']} runs",
+        "",
+    ]
+    for row in result["rows"]:
+        lines.append(row["name"] + (f"  [{row['note']}]" if row["note"] else ""))
+        ns = row["ns_per_page"]
+        first = next(iter(ns))
+        base = ns[first]
+        for who, value in ns.items():
+            text = f"  {who:<16} {value:10.1f} ns/page {row['gb_per_s'][who]:8.2f} GB/s"
+            if who != first and first == "1 thread":
+                text += f"  speed-up x{base / value:.2f}"
+            elif who != first and first == "multifd_zero":
+                text += f"  multifd_zero is x{value / base:.2f} faster"
+            elif who != first:
+                text += f"  x{value / base:.2f} the time of {first}"
+            lines.append(text)
+        lines.append("")
+    return "\n".join(lines)
