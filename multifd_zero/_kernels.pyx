@@ -160,7 +160,7 @@ cdef uint64_t *_copy_offsets(
             free(copy)
             raise ValueError(
                 f"offsets[{i}] = {off} is out of range: the page would end at "
-                f"{off + <uint64_t>page_size}, past the host buffer of {host_len} bytes"
+                f"{int(off) + page_size}, past the host buffer of {host_len} bytes"
             )
     return copy
 
@@ -326,9 +326,7 @@ def partition_zero_pages(host, offsets, page_size=4096):
 
     Examples
     --------
-    >>> import operator
-
-import numpy as np
+    >>> import numpy as np
     >>> from multifd_zero import partition_zero_pages
     >>> host = bytes(4096) + b"\\1" * 4096 + bytes(4096)   # zero, normal, zero
     >>> offsets = np.array([0, 4096, 8192], dtype=np.uint64)

@@ -22,6 +22,10 @@ def as_offsets(offsets: Any, name: str = "offsets") -> OffsetArray:
         arr = np.asarray(offsets)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{name} must be a sequence of ints: {exc}") from None
+    if arr.ndim == 0:
+        raise TypeError(f"{name} must be a sequence of ints, not {type(offsets).__name__}")
+    if arr.dtype == object and arr.ndim == 1:
+        raise TypeError(f"{name} must hold integers that fit in uint64, got dtype object")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got {arr.ndim} dimensions")
     if arr.size == 0:

@@ -47,7 +47,14 @@ class ReceivedMap:
     def __init__(self, num_pages: int, page_size: int) -> None:
         self._page_size = _kernels.check_page_size(page_size)
         self._shift = self._page_size.bit_length() - 1
-        self._num_pages = operator.index(num_pages)
+        if isinstance(num_pages, bool):
+            raise TypeError("num_pages must be an int, not bool")
+        try:
+            self._num_pages = operator.index(num_pages)
+        except TypeError:
+            raise TypeError(
+                f"num_pages must be an int, not {type(num_pages).__name__}"
+            ) from None
         if self._num_pages < 0:
             raise ValueError(f"num_pages must not be negative, got {num_pages}")
         self._bitmap = np.zeros((self._num_pages + 63) // 64, dtype=np.uint64)
