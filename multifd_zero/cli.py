@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--postcopy-ram", action="store_true", help="enable postcopy-ram")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_parser(
+        "info",
+        help="print the version, the CPU and the zero-check path in use",
+        description="Print the version, the CPU and the active and available SIMD paths.",
+    )
     bench = sub.add_parser(
         "bench",
         help="benchmark the kernels against numpy and bytes == (a measurement, not a test)",
@@ -143,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _print_demo(result)
         return 0 if result["verified"] else 1
+    if args.command == "info":
+        from .bench import cpu_name
+
+        print(f"multifd_zero {__version__}")
+        print(f"cpu: {cpu_name()}")
+        print(f"simd: {_kernels.get_simd()} (available: {', '.join(_kernels.simd_paths())})")
+        return 0
     if args.command == "bench":
         from .bench import format_table, run_benchmarks
 
