@@ -133,6 +133,27 @@ cdef int _get_u64(object obj, Py_buffer *view, bint writable, str name, int ndim
     return 0
 
 
+cdef int _check_offsets(
+    const uint64_t *offs, Py_ssize_t n, Py_ssize_t host_len, Py_ssize_t page_size, str name
+) except -1:
+    """Raise ValueError at the first offset that is misaligned or whose page leaves the host."""
+    cdef Py_ssize_t i
+    cdef uint64_t off
+    cdef uint64_t limit = <uint64_t>(host_len - page_size) if host_len >= page_size else 0
+    for i in range(n):
+        off = offs[i]
+        if off & <uint64_t>(page_size - 1):
+            raise ValueError(
+                f"{name}[{i}] = {off} is not a multiple of page_size {page_size}"
+            )
+        if host_len < page_size or off > limit:
+            raise ValueError(
+                f"{name}[{i}] = {off} is out of range: the page would end at "
+                f"{int(off) + page_size}, past the {host_len} bytes of the block"
+            )
+    return 0
+
+
 cdef uint64_t *_copy_offsets(
     const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size
 ) except NULL:
@@ -143,26 +164,48 @@ cdef uint64_t *_copy_offsets(
     """
     cdef Py_ssize_t n = offs.len // 8
     cdef uint64_t *copy = <uint64_t *>malloc(max(n, 1) * 8)
-    cdef Py_ssize_t i
-    cdef uint64_t off
-    cdef uint64_t limit = <uint64_t>(host_len - page_size) if host_len >= page_size else 0
     if copy == NULL:
         raise MemoryError()
     memcpy(copy, offs.buf, n * 8)
-    for i in range(n):
-        off = copy[i]
-        if off & <uint64_t>(page_size - 1):
-            free(copy)
-            raise ValueError(
-                f"offsets[{i}] = {off} is not a multiple of page_size {page_size}"
-            )
-        if host_len < page_size or off > limit:
-            free(copy)
-            raise ValueError(
-                f"offsets[{i}] = {off} is out of range: the page would end at "
-                f"{int(off) + page_size}, past the host buffer of {host_len} bytes"
-            )
+    try:
+        _check_offsets(copy, n, host_len, page_size, "offsets")
+    except BaseException:
+        free(copy)
+        raise
     return copy
+
+
+def check_offsets(offsets, used_length, page_size=4096, name="offsets"):
+    """Raise ``ValueError`` unless every offset is a page of a block of ``used_length`` bytes.
+
+    Parameters
+    ----------
+    offsets : numpy.ndarray
+        Contiguous 1-D ``uint64`` byte offsets.
+    used_length : int
+        Bytes in the block.
+    page_size : int, default 4096
+    name : str, default "offsets"
+        What the error message calls the array.
+
+    Raises
+    ------
+    TypeError
+        ``offsets`` is not a 1-D uint64 buffer.
+    ValueError
+        An offset is not a multiple of ``page_size``, or its page does not
+        end inside the block.
+    """
+    cdef Py_buffer ov
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef Py_ssize_t length = _as_int(used_length, "used_length")
+    if length < 0:
+        raise ValueError(f"used_length must not be negative, got {length}")
+    _get_u64(offsets, &ov, False, name)
+    try:
+        _check_offsets(<const uint64_t *>ov.buf, ov.len // 8, length, ps, name)
+    finally:
+        PyBuffer_Release(&ov)
 
 
 cdef int _check_bitmap(const Py_buffer *bitmap, Py_ssize_t host_len, Py_ssize_t page_size) except -1:

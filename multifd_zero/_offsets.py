@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import _kernels
+
 OffsetArray = npt.NDArray[np.uint64]
+_U64 = np.dtype(np.uint64)
 
 
 def as_offsets(offsets: Any, name: str = "offsets") -> OffsetArray:
@@ -16,6 +19,10 @@ def as_offsets(offsets: Any, name: str = "offsets") -> OffsetArray:
     Accepts integer sequences and integer numpy arrays; refuses floats, bools,
     strings, negative values and more than one dimension.
     """
+    if type(offsets) is np.ndarray and offsets.dtype == _U64 and offsets.ndim == 1:
+        # The common case, kept cheap: the generic conversions cost more than
+        # detecting a whole batch does.
+        return offsets.copy()
     if isinstance(offsets, (str, bytes, bytearray, memoryview)):
         raise TypeError(f"{name} must be a sequence of ints, not {type(offsets).__name__}")
     try:
@@ -42,19 +49,4 @@ def check_offsets(
     offsets: OffsetArray, used_length: int, page_size: int, name: str = "offsets"
 ) -> None:
     """Raise ValueError unless every offset is page-aligned with its page inside the block."""
-    if offsets.size == 0:
-        return
-    misaligned = np.flatnonzero(offsets & np.uint64(page_size - 1))
-    if misaligned.size:
-        i = int(misaligned[0])
-        raise ValueError(
-            f"{name}[{i}] = {int(offsets[i])} is not a multiple of page_size {page_size}"
-        )
-    last = used_length - page_size
-    outside = np.flatnonzero(offsets > np.uint64(max(last, 0))) if last >= 0 else np.arange(1)
-    if outside.size:
-        i = int(outside[0])
-        raise ValueError(
-            f"{name}[{i}] = {int(offsets[i])} is out of range: the page would end at "
-            f"{int(offsets[i]) + page_size}, past the block's {used_length} bytes"
-        )
+    _kernels.check_offsets(offsets, used_length, page_size, name)
