@@ -25,7 +25,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 settings.register_profile(
     "ci",
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,

@@ -21,7 +21,7 @@ def test_public_names_exist() -> None:
     for name in (
         "ZeroPageDetection", "MigrationOptions", "MigrationStats", "RAMBlock", "ReceivedMap",
         "MultiFDPages", "send_zero_page_detect", "recv_zero_page_process", "recv_normal_pages",
-        "is_zero", "zero_page_mask", "partition_zero_pages",
+        "is_zero", "zero_page_mask", "partition_zero_pages", "partition_batches",
     ):  # fmt: skip
         assert name in mz.__all__, name
 

@@ -157,6 +157,7 @@ def test_bad_page_sizes_everywhere(page_size: object, exc: type[Exception], matc
         lambda w: mz.scan_zero_pages(w.src_mem, w.offsets, page_size),
         lambda w: mz.RAMBlock("x", w.dst_mem, page_size),
         lambda w: mz.ReceivedMap(4, page_size),
+        lambda w: mz.partition_batches(w.src_mem, w.offsets.reshape(2, 4), page_size),
         lambda w: mz.multifd_ram_page_count(page_size),
         lambda w: _kernels.recv_zero_pages(
             w.dst_mem, w.dst.receivedmap.bitmap, w.offsets, page_size
@@ -244,6 +245,40 @@ def test_kernel_bad_offset_after_good_ones(last: int, match: str) -> None:
         ValueError,
         match,
     )
+
+
+@pytest.mark.parametrize(
+    ("bad", "exc", "match"),
+    [
+        (np.zeros(4, dtype=np.uint64), ValueError, "offsets must be 2-D, got 1 dimensions"),
+        (np.zeros((2, 2, 2), dtype=np.uint64), ValueError, "offsets must be 2-D, got 3"),
+        (np.zeros((2, 4), dtype=np.int64), TypeError, "offsets must hold uint64 items"),
+        (np.zeros((2, 8), dtype=np.uint64)[:, ::2], ValueError, "offsets must be contiguous"),
+        (np.zeros((4, 2), dtype=np.uint64, order="F"), ValueError, "must be contiguous"),
+        ([[0, PS]], TypeError, "offsets must be a 1-D numpy.uint64 array"),
+    ],
+    ids=["1-D", "3-D", "int64", "strided", "fortran", "list"],
+)
+def test_partition_batches_wrong_offsets(bad: object, exc: type[Exception], match: str) -> None:
+    """partition_batches takes a writable C-contiguous 2-D uint64 array only."""
+    check(lambda w: mz.partition_batches(w.src_mem, bad, PS), exc, match)
+
+
+def test_partition_batches_read_only_or_bad_last_row() -> None:
+    """A read-only grid, or a bad offset in the last row: raises, and no row is reordered."""
+    grid = np.array([[PS, 0, 2 * PS], [0, PS, 4 * PS], [0, PS, PAGES * PS]], dtype=np.uint64)
+
+    def bad_last_row(w: World) -> object:
+        arr = grid.copy()
+        try:
+            return mz.partition_batches(w.src_mem, arr, PS)
+        finally:
+            np.testing.assert_array_equal(arr, grid)
+
+    check(bad_last_row, ValueError, "= 32768 is out of range")
+    ro = grid[:2].copy()
+    ro.flags.writeable = False
+    check(lambda w: mz.partition_batches(w.src_mem, ro, PS), ValueError, "offsets is read-only")
 
 
 def test_kernel_out_of_range_message_does_not_wrap() -> None:

@@ -148,3 +148,14 @@ def test_simd_environment_variable(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode != 0
     assert "unknown SIMD path 'mmx'" in bad.stderr
+
+
+def test_bench_quick_runs_and_writes_json(tmp_path: Path) -> None:
+    """``bench --quick`` (a measurement, only smoke-tested here) exits 0 and writes JSON."""
+    out = tmp_path / "bench.json"
+    proc = run(
+        ["bench", "--quick", "--repeats", "1", "--region-mib", "8", "--json", str(out)], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    assert isinstance(json.loads(out.read_text()), dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import functools
 import mmap
 import time
 
@@ -34,26 +35,35 @@ def run_matrix(
     positions: object = None,
     is_zero: object = None,
 ) -> tuple[int, list[tuple[str, int, int, int]]]:
-    """QEMU's test_bufferiszero matrix on a 4096-byte-aligned base.
+    """QEMU's test_bufferiszero matrix, with every byte outside the range non-zero.
 
-    For each start ``a`` and size ``s``: guard bytes of 1 at ``a - 1`` and
-    ``a + s`` (just outside the range) and ``is_zero`` of ``[a, a + s)`` must be
-    True; then a single 1 at each marker position ``o`` (all of ``[0, s)``
-    unless ``positions(s)`` picks some) must make it False. Returns the number
-    of checks and the failures. ``is_zero`` replaces the checker (to test the harness).
+    Starts ``a`` count from a 4096-byte boundary. For each start ``a`` and size
+    ``s`` the bytes ``[a, a + s)`` are zero and every other byte of the buffer
+    is 0xFF (QEMU puts guard bytes at ``a - 1`` and ``a + s``; here the guard
+    is everything outside), and ``is_zero`` of ``[a, a + s)`` must be True;
+    then a single 1 at each marker position ``o`` (all of ``[0, s)`` unless
+    ``positions(s)`` picks some) must make it False. Returns the number of
+    checks and the failures. ``is_zero`` replaces the checker (to test the
+    harness).
     """
-    top = max(sizes) + max(starts) + 2
-    buf, base = aligned_bytearray(top + 8, 4096)
+    top = 4096 + max(starts) + max(sizes) + 4096
+    buf, base = aligned_bytearray(top, 4096)
+    buf[:] = b"\xff" * len(buf)
+    origin = base + 4096
     whole = memoryview(buf)
     is_zero = mz.is_zero if is_zero is None else is_zero
     checks = 0
     failures: list[tuple[str, int, int, int]] = []
     for a in starts:
-        start = base + a
+        start = origin + a
+        zeroed = 0  # the window [start, start + zeroed) is zero, the rest 0xFF
         for s in sizes:
+            if s > zeroed:
+                buf[start + zeroed : start + s] = bytes(s - zeroed)
+            elif s < zeroed:
+                buf[start + s : start + zeroed] = b"\xff" * (zeroed - s)
+            zeroed = s
             end = start + s
-            buf[start - 1] = 1
-            buf[end] = 1
             view = whole[start:end]
             if not is_zero(view):
                 failures.append(("positive", a, s, -1))
@@ -73,17 +83,16 @@ def run_matrix(
                     buf[start + o] = 0
                 checks += len(marks) + 1
             view.release()
-            buf[start - 1] = 0
-            buf[end] = 0
             if len(failures) > 20:
                 return checks, failures
+        buf[start : start + zeroed] = b"\xff" * zeroed
     whole.release()
-    assert buf.count(0) == len(buf), "the matrix left a marker behind"
+    assert buf.count(0xFF) == len(buf), "the matrix left a marker behind"
     return checks, failures
 
 
 def test_qemu_matrix_every_size_alignment_and_marker(simd_path: str) -> None:
-    """Sizes 0..1100 x alignments 1..64, guard bytes outside, one marker at every offset.
+    """Sizes 0..1100 x alignments 1..64, non-zero bytes outside, one marker at every offset.
 
     38,825,664 checks per path (64 x 606,651): a path that reads outside the
     range, skips a head, tail or middle block, or mishandles a length is caught.
@@ -134,6 +143,7 @@ def test_block_boundary_sizes_at_every_start_mod_512(simd_path: str) -> None:
     assert checks == 512 * sum(s + 1 for s in PHASE_SIZES)
 
 
+@functools.cache
 def _ends_and_stride(s: int) -> list[int]:
     """Every position within 600 bytes of either end, and every 17th one between."""
     edge = min(s, 600)
@@ -146,6 +156,23 @@ def test_larger_sizes_at_every_alignment(simd_path: str) -> None:
     checks, failures = run_matrix(range(1101, 4225, 13), MATRIX_ALIGNMENTS, _ends_and_stride)
     assert failures == [], f"{simd_path}: {failures[:20]}"
     assert checks > 15_000_000
+
+
+@functools.cache
+def _edges_and_samples(s: int) -> list[int]:
+    """First, last and middle byte, both sides of the 64-byte edges, and 6 seeded positions."""
+    rng = np.random.default_rng(s)
+    marks = {0, 1, 63, 64, s // 2, s - 65, s - 64, s - 2, s - 1}
+    marks.update(int(x) for x in rng.integers(0, s, size=6))
+    return sorted(m for m in marks if 0 <= m < s)
+
+
+def test_every_size_up_to_8_kib_at_every_alignment(simd_path: str) -> None:
+    """Every size 1101..8192 at alignments 0..64: zero with non-zero bytes all around; markers
+    at the edges, middle and seeded positions."""
+    checks, failures = run_matrix(range(1101, 8193), range(65), _edges_and_samples)
+    assert failures == [], f"{simd_path}: {failures[:20]}"
+    assert checks > 65 * 7092 * 10
 
 
 def test_qemu_whole_buffer_checks(simd_path: str) -> None:

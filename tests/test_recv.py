@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import bitmap_bools, resident
-from hypothesis import given
+from helpers import aligned_bytearray, bitmap_bools, resident
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_model import RefDestination
 
@@ -141,6 +141,48 @@ def test_legacy_record_writes_even_first_time_garbage() -> None:
     assert bytes(mem[PS:]) == bytes(PS)
 
 
+# ------------------------------------------- page zeroing on every SIMD path
+
+
+@pytest.mark.parametrize("page_size", [1024, 2048, 4096, 65536, 2 * 1024 * 1024])
+def test_zeroing_writes_exactly_the_page_on_every_path(simd_path: str, page_size: int) -> None:
+    """Zeroing a page (postcopy, or precopy after a receive) touches its bytes and no other.
+
+    The host starts at several misalignments from a 4 KiB boundary, so the
+    page's first and last cache lines are shared with its neighbours; every
+    byte around it (neighbour pages and bytes outside the host) must keep 0xFF.
+    """
+    pages = 3
+    for shift in (0, 1, 16, 63, 64 + 8):
+        buf, base = aligned_bytearray(pages * page_size + 256, 4096)
+        buf[:] = b"\xff" * len(buf)
+        start = base + shift
+        host = memoryview(buf)[start : start + pages * page_size]
+        block = mz.RAMBlock("pc.ram", host, page_size)
+        middle = page_size
+        assert mz.recv_zero_page_process(block, [middle], options=POSTCOPY) == 1
+        expected = bytearray(b"\xff" * len(buf))
+        expected[start + middle : start + middle + page_size] = bytes(page_size)
+        assert buf == expected, (simd_path, shift)
+        block.receivedmap.set(0)
+        assert mz.recv_zero_page_process(block, [0], options=PRECOPY) == 1
+        expected[start : start + page_size] = bytes(page_size)
+        assert buf == expected, (simd_path, shift)
+        host.release()
+
+
+@pytest.mark.parametrize("path", mz.simd_paths())
+@settings(max_examples=15)
+@given(case=st.data())
+def test_receive_sequences_match_model_on_every_path(path: str, case: st.DataObject) -> None:
+    """The sequence test again on each SIMD path (each has its own page-zeroing code)."""
+    mz.set_simd(path)
+    try:
+        _run_sequence(case.draw(op_sequences()))
+    finally:
+        mz.set_simd("best")
+
+
 # ------------------------------------------------------------ sequences vs model
 
 
@@ -163,6 +205,10 @@ def op_sequences(draw: st.DrawFn) -> tuple[int, int, bytes, list[tuple]]:
 @given(op_sequences())
 def test_receive_sequences_match_model(case: tuple[int, int, bytes, list[tuple]]) -> None:
     """Any sequence of zero / legacy / normal batches: memory, bitmap and counts as the model."""
+    _run_sequence(case)
+
+
+def _run_sequence(case: tuple[int, int, bytes, list[tuple]]) -> None:
     page_size, _, memory, ops = case
     mem = bytearray(memory)
     block = mz.RAMBlock("pc.ram", mem, page_size)
