@@ -473,25 +473,35 @@ def test_too_many_offsets_for_a_packet() -> None:
 
 
 def test_facade_accepts_other_integer_offsets() -> None:
-    """The facade converts int64/int32/uint32 arrays, lists, tuples, ranges and strided arrays."""
+    """The facade converts int64/int32/uint32/big-endian arrays, lists, tuples, ranges, strides."""
     block = mz.RAMBlock("pc.ram", bytes(PAGES * PS))
     for offsets in (
         np.array([0, PS], dtype=np.int64),
         np.array([0, PS], dtype=np.int32),
         np.array([0, PS], dtype=np.uint32),
+        np.array([0, PS], dtype=">u8"),
         [0, PS],
         (0, PS),
         range(0, 2 * PS, PS),
-        np.arange(0, 4 * PS, PS, dtype=np.uint64)[::2][:2] // 2 * 2,
+        np.arange(0, 4 * PS, PS, dtype=np.uint64)[::2] // 2,
     ):
         pages = mz.MultiFDPages(block, offsets)
         assert pages.offset.dtype == np.uint64
+        assert pages.offset.dtype.isnative
         assert pages.offset.flags.c_contiguous
-        assert pages.num == 2
-    source = np.array([0, PS], dtype=np.int64)
+        assert pages.offset.tolist() == [0, PS]
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.int64])
+def test_facade_copies_the_callers_offsets(dtype: type) -> None:
+    """MultiFDPages keeps its own copy: detection does not reorder the caller's array."""
+    block = mz.RAMBlock("pc.ram", bytes(PAGES * PS))
+    source = np.array([0, PS, 2 * PS], dtype=dtype)
     pages = mz.MultiFDPages(block, source)
-    source[0] = 3 * PS
-    assert pages.offset.tolist() == [0, PS]  # a copy, not a view
+    assert not np.shares_memory(pages.offset, source)
+    mz.send_zero_page_detect(pages, options=PRECOPY, stats=mz.MigrationStats())
+    assert pages.offset.tolist() == [PS, 2 * PS, 0]  # all zero: rotated left by one
+    assert source.tolist() == [0, PS, 2 * PS]
 
 
 # ---------------------------------------------------------- facade functions

@@ -111,6 +111,17 @@ def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], message: str) -> 
     assert message in proc.stderr
 
 
+def test_info_command(tmp_path: Path) -> None:
+    """``info`` prints the version and the active and available SIMD paths."""
+    proc = run(["info"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert mz.__version__ in proc.stdout
+    best = mz.simd_paths()[-1]
+    assert f"simd: {best} (available: {', '.join(mz.simd_paths())})" in proc.stdout
+    forced = run(["--simd", "portable", "info"], tmp_path)
+    assert "simd: portable" in forced.stdout
+
+
 def test_version_flag(tmp_path: Path) -> None:
     """``--version`` prints the installed version."""
     proc = run(["--version"], tmp_path)
