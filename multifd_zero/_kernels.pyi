@@ -34,6 +34,12 @@ ZERO_ALWAYS: Final = 1
 ZERO_IF_NONZERO: Final = 2
 
 def check_page_size(page_size: SupportsIndex) -> int: ...
+def check_offsets(
+    offsets: _U64Array,
+    used_length: SupportsIndex,
+    page_size: SupportsIndex = 4096,
+    name: str = "offsets",
+) -> None: ...
 
 # Zero checks.
 def is_zero(buf: _ReadableBuffer) -> bool: ...

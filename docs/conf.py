@@ -1,0 +1,149 @@
+"""Sphinx configuration for the multifd_zero documentation.
+
+The documentation is built against the *installed* package (``pip install
+'.[docs]'`` first): nothing here puts the source tree on ``sys.path``, because
+the compiled kernels only exist in an installed build.
+
+CI builds with ``sphinx-build -W --keep-going -n`` (warnings are errors, every
+cross-reference must resolve) and runs every example with ``-b doctest``. The
+build needs no network: intersphinx is off unless the environment variable
+``MULTIFD_ZERO_DOCS_INTERSPHINX=1`` asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from docutils import nodes
+from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+
+import multifd_zero
+from multifd_zero import cli
+
+logger = logging.getLogger(__name__)
+
+project = "multifd_zero"
+author = "multifd_zero developers"
+copyright = "2026, multifd_zero developers"
+release = multifd_zero.__version__
+version = ".".join(release.split(".")[:2])
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+    "myst_parser",
+]
+
+source_suffix = {".rst": "restructuredtext"}
+root_doc = "index"
+exclude_patterns = ["_build"]
+templates_path: list[str] = []
+
+# -- autodoc and napoleon (numpy-style docstrings) ---------------------------
+autodoc_member_order = "bysource"
+# The numpy-style docstrings carry the types; the annotations are for type checkers.
+autodoc_typehints = "none"
+autodoc_docstring_signature = True
+autodoc_default_options = {"members": True}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_preprocess_types = True
+napoleon_attr_annotations = True
+# Words the docstrings use as types that are not Python objects.
+napoleon_type_aliases = {"buffer": ":term:`buffer`"}
+
+# -- doctest ------------------------------------------------------------------
+# Docstring examples name the public API without importing it.
+doctest_global_setup = """
+import numpy as np
+from multifd_zero import *
+from multifd_zero import ReceivedMap
+"""
+doctest_test_doctest_blocks = "default"
+
+# -- cross-references -----------------------------------------------------------
+nitpicky = True
+# Without intersphinx, references into numpy and the standard library's
+# typing aliases cannot resolve; they are rendered as plain text.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(numpy|np|npt)(\..*)?"),
+    (r"py:.*", r"(numpy\.typing|numpy\._typing)\..*"),
+    (r"py:class", r"(collections\.abc\.)?Callable"),
+    (r"py:class", r"(typing\.)?Any"),
+    (r"py:class", r"mmap(\.mmap)?"),
+    (r"py:class", r"(multifd_zero\.)?(_offsets\.)?OffsetArray"),
+    (r"py:class", r"(multifd_zero\.)?(ramblock\.)?ReleaseCallback"),
+    # numpydoc type phrases napoleon splits into words.
+    (r"py:class", r"callable|sequence|numpy integer array|tuple of numpy\.ndarray"),
+    (r"py:obj", r"True|False"),
+    (r"py:class", r"\(normal, zero\)"),
+]
+
+if os.environ.get("MULTIFD_ZERO_DOCS_INTERSPHINX") == "1":
+    extensions.append("sphinx.ext.intersphinx")
+    intersphinx_mapping = {
+        "python": ("https://docs.python.org/3", None),
+        "numpy": ("https://numpy.org/doc/stable", None),
+    }
+
+# -- output -----------------------------------------------------------------------
+html_theme = "alabaster"
+html_static_path: list[str] = []
+html_title = f"multifd_zero {release}"
+myst_heading_anchors = 3
+
+
+# -- local directives -------------------------------------------------------------
+class CliHelp(SphinxDirective):
+    """``.. cli-help:: [COMMAND]``: the ``--help`` text of the command line, as built.
+
+    Generated from :func:`multifd_zero.cli.build_parser` at build time, so the
+    reference cannot drift from the code.
+    """
+
+    optional_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        saved = os.environ.get("COLUMNS")
+        os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width
+        try:
+            parser = cli.build_parser()
+            if self.arguments:
+                subparsers = [
+                    action.choices
+                    for action in parser._actions  # argparse keeps sub-commands here
+                    if isinstance(getattr(action, "choices", None), dict)
+                ]
+                parser = subparsers[0][self.arguments[0]]
+            text = parser.format_help()
+        finally:
+            if saved is None:
+                del os.environ["COLUMNS"]
+            else:
+                os.environ["COLUMNS"] = saved
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
+def _check_api_complete(app: Sphinx, env: BuildEnvironment) -> None:
+    """Warn (an error under ``-W``) for any public name the API page does not document."""
+    documented = set(env.get_domain("py").objects)  # type: ignore[attr-defined]
+    for name in multifd_zero.__all__:
+        if name != "__version__" and f"multifd_zero.{name}" not in documented:
+            logger.warning("multifd_zero.%s is public but not documented in api.rst", name)
+
+
+def setup(app: Sphinx) -> dict[str, object]:
+    app.add_directive("cli-help", CliHelp)
+    app.connect("env-check-consistency", _check_api_complete)
+    return {"parallel_read_safe": True}
+
+
+logger.info("multifd_zero %s from %s", release, Path(multifd_zero.__file__).parent)
