@@ -250,12 +250,16 @@ def test_zero_page_mask_releases_the_gil(big_zero: mmap.mmap) -> None:
 
 
 def test_partition_and_scan_release_the_gil(big_zero: mmap.mmap) -> None:
-    """partition_zero_pages and scan_zero_pages over 65,536 zero pages let another thread run."""
+    """partition_zero_pages, scan_zero_pages, partition_batches over 65,536 zero pages: the
+    helper runs."""
     offsets = np.arange(BIG // 4096, dtype=np.uint64) * np.uint64(4096)
     with gil_probe() as runs_alongside:
         assert runs_alongside(lambda: mz.partition_zero_pages(big_zero, offsets, 4096), 50)
     with gil_probe() as runs_alongside:
         assert runs_alongside(lambda: mz.scan_zero_pages(big_zero, offsets, 4096), 50)
+    grid = offsets.reshape(-1, 128)
+    with gil_probe() as runs_alongside:
+        assert runs_alongside(lambda: mz.partition_batches(big_zero, grid, 4096), 50)
 
 
 def test_send_and_receive_release_the_gil() -> None:
