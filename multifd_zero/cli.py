@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import __version__, _kernels
+from . import __version__, _kernels, cli_scan
 from .demo import run_demo
 from .options import MigrationOptions, ZeroPageDetection
 
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive, default=7, help="runs per median")
     bench.add_argument("--quick", action="store_true", help="small sizes: check that it runs")
     bench.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+    cli_scan.register(sub)
     return parser
 
 
@@ -129,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.simd:
         _kernels.set_simd(args.simd)
+    if args.command == "scan":
+        return cli_scan.run(args)
     if args.command == "demo":
         options = MigrationOptions(
             zero_page_detection=args.zero_page_detection, postcopy_ram=args.postcopy_ram
