@@ -89,6 +89,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``scan`` with parsed arguments; return the exit status (0, or 2 on errors)."""
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is handled below
+        return status
+    except BrokenPipeError:
+        # The reader left (``scan ... | head``): stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     results: list[ScanResult] = []
     errors: list[dict[str, str]] = []
     show_progress = not args.no_progress and sys.stderr.isatty()

@@ -558,6 +558,23 @@ def test_cli_unreadable(images: tuple[Path, Path, bytes, bytes], tmp_path: Path)
     assert str(images[0]) in proc.stdout
 
 
+def test_cli_closed_stdout(images: tuple[Path, Path, bytes, bytes], tmp_path: Path) -> None:
+    """``scan ... | head`` with the reader gone: exit 1, no traceback."""
+    pa = images[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "multifd_zero", "scan", str(pa), str(pa), str(pa)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""
+
+
 def test_cli_stdin(tmp_path: Path) -> None:
     """``scan /dev/stdin`` reads a pipe to its end."""
     payload = b"\0" * 4096 * 3 + b"\1" * 4096
