@@ -355,6 +355,15 @@ def test_sparse_constant_memory(sparse_dir: Path, size: int, method: str, merge:
     if not path.exists():
         make_sparse(path, size)
     nonzero = 6
+    skips_holes = method == "mmap" and merge < size
+    if skips_holes:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            first_hole = os.lseek(fd, 0, os.SEEK_HOLE)
+        finally:
+            os.close(fd)
+        if first_hole >= size:
+            pytest.skip(f"{sparse_dir} does not report holes (SEEK_HOLE)")
     if method == "read" or merge > size:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if avail < 2 * GIB:
@@ -376,7 +385,7 @@ def test_sparse_constant_memory(sparse_dir: Path, size: int, method: str, merge:
     growth = out["peak"] - out["baseline"]
     # One 16 MiB window mapped at a time (or the 1 MiB read buffer), numpy's mask, slack.
     assert growth < 32 * MIB, f"RSS grew by {growth >> 20} MiB"
-    if method == "mmap" and merge < size:
+    if skips_holes:
         assert r["bytes_read"] < 16 * MIB  # the holes were skipped
     else:
         assert r["bytes_read"] == size
