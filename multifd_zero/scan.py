@@ -63,6 +63,14 @@ at those sync points, the 8-byte end-of-section marker per iteration, and the
 device state. Pages dirtied again during the migration are not modelled (the
 scan sees one snapshot).
 
+QEMU before 9.0 has no ``zero-page-detection`` parameter and always detects on
+the main thread, so its multifd migrations are the ``legacy`` case.
+``tests/test_qemu_peer.py`` migrates an image with QEMU 7.2 and finds its
+``duplicate`` and ``normal`` equal to the scan's counts, and its
+``transferred`` equal to the ``precopy`` and ``legacy`` figures plus exactly
+the overheads above (and, with multifd, pages that QEMU 7.2 sends twice
+through a race, but counts once).
+
 Units: ``gb_per_s`` is 10**9 bytes of the file (holes included) per second of
 wall time.
 """
