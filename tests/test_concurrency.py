@@ -1,0 +1,417 @@
+"""Real threads on one block: what ``test_threads.py`` does not already cover.
+
+``test_threads.py`` runs 4 channels with a strided page split (multifd only),
+two kernels on interleaved bits, and the GIL probe for is_zero,
+zero_page_mask, partition/scan and the two receive calls. Here:
+
+- every detection mode (multifd, legacy, none) and postcopy-ram, with a
+  *random* disjoint split of the dirty pages over 4 threads, random page order
+  in every batch, several dirty rounds into one persistent destination (so
+  the "received before" branch runs concurrently), a sentinel destination to
+  check that first-arrival zero pages are never written in precopy, exact
+  stats and receivedmap; each case makes more than a million page operations;
+- the receivedmap cleared and set from Python (``ReceivedMap.set/clear``, as
+  ``ram_discard_range`` clears bits) while a GIL-free kernel sets the
+  neighbouring bits of the same words;
+- the GIL released by the calls the other file does not probe:
+  ``partition_batches``, ``gather_pages`` / ``MultiFDPages.normal_data``,
+  ``recv_legacy_zero_pages``, ``save_zero_pages`` and ``send_zero_page_detect``;
+- proof without timing that a kernel runs while another thread holds the GIL
+  (the kernel's writes advance while the main thread spins in Python), and
+  that two kernels run at the same moment (one kernel copies the same page
+  many times while the other kernel writes it: the copies show both contents).
+
+No assertion is about time: each GIL test retries a bounded number of times
+until it observes the event, and fails only if it never does.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from reliability_support import logical, sentinel_pages
+
+import multifd_zero as mz
+from multifd_zero import _kernels
+
+GIL_DISABLED = hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled()
+THREADS = 4
+
+
+def run_threads(target: Callable[..., None], args_list: list[tuple]) -> None:
+    """Start one thread per args tuple behind a barrier; re-raise the first error."""
+    barrier = threading.Barrier(len(args_list))
+    errors: list[BaseException] = []
+
+    def body(*args: object) -> None:
+        try:
+            barrier.wait()
+            target(*args)
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=a) for a in args_list]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+# ----------------------------------------------- all modes, random partition
+
+
+@pytest.mark.parametrize(
+    ("mode", "postcopy"),
+    [("multifd", False), ("multifd", True), ("legacy", False), ("none", False)],
+)
+def test_dirty_rounds_on_threads_every_mode(mode: str, postcopy: bool) -> None:
+    """4 threads, random disjoint page split, 8 dirty rounds, >= 1M page operations."""
+    page_size = 1024
+    pages = 1 << 17  # 128 MiB at 1 KiB pages: 2048 receivedmap words
+    rounds = 8
+    rng = np.random.default_rng(0x5EED + len(mode) + postcopy)
+    options = mz.MigrationOptions(zero_page_detection=mode, postcopy_ram=postcopy)
+    capacity = mz.multifd_ram_page_count(page_size)
+
+    ram = np.zeros((pages, page_size), dtype=np.uint8)
+    src = mz.RAMBlock("pc.ram", ram.reshape(-1), page_size)
+    sentinel = sentinel_pages(pages, page_size)
+    dst_mem = sentinel.copy()
+    dst = mz.RAMBlock("pc.ram", dst_mem.reshape(-1), page_size)
+    stats = mz.MigrationStats()
+
+    arrivals = np.zeros(pages, dtype=np.int64)
+    zero_arrivals = np.zeros(pages, dtype=np.int64)
+    expect_normal = expect_zero = 0
+    operations = 0
+
+    def channel(batches: list[np.ndarray]) -> None:
+        for offsets in batches:
+            rest, legacy_zero = mz.save_zero_pages(src, offsets, options=options, stats=stats)
+            if legacy_zero.size:
+                mz.recv_legacy_zero_pages(dst, legacy_zero)
+            if rest.size:
+                batch = mz.MultiFDPages(src, rest)
+                mz.send_zero_page_detect(batch, options=options, stats=stats)
+                data = batch.normal_data()
+                mz.recv_zero_page_process(dst, batch.zero, options=options)
+                mz.recv_normal_pages(dst, batch.normal, data)
+
+    for round_no in range(rounds):
+        # The guest: round 0 sends everything; later rounds a random half,
+        # with pages turned to zero, to data, or rewritten.
+        if round_no == 0:
+            dirty = np.arange(pages)
+        else:
+            # The last eighth of the block is left alone after round 0.
+            dirty = np.flatnonzero(rng.random(pages * 7 // 8) < 0.5)
+        kinds = rng.integers(0, 3, size=dirty.size)  # 0: zero, 1: one byte, 2: keep
+        ram[dirty[kinds == 0]] = 0
+        hit = dirty[kinds == 1]
+        ram[hit] = 0
+        ram[hit, rng.integers(0, page_size, size=hit.size)] = rng.integers(
+            1, 256, size=hit.size, dtype=np.uint8
+        )
+        zero_now = ~ram[dirty].any(axis=1)
+        if mode == "none":
+            expect_normal += dirty.size
+        else:
+            expect_zero += int(zero_now.sum())
+            expect_normal += int((~zero_now).sum())
+        arrivals[dirty] += 1
+        zero_arrivals[dirty[zero_now]] += 1
+
+        # Random disjoint split over the threads, random order within batches:
+        # neighbouring pages of one bitmap word go to different threads.
+        order = rng.permutation(dirty).astype(np.uint64) * np.uint64(page_size)
+        owner = rng.integers(0, THREADS, size=order.size)
+        work = []
+        for t in range(THREADS):
+            mine = order[owner == t]
+            work.append(([mine[i : i + capacity] for i in range(0, mine.size, capacity)],))
+        run_threads(channel, work)
+        operations += 2 * dirty.size  # one detection, one receive per page
+
+        # After every round: the receivedmap holds exactly the pages ever sent.
+        bits = np.unpackbits(dst.receivedmap.bitmap.view(np.uint8), bitorder="little")
+        assert np.array_equal(bits.astype(bool), arrivals > 0), f"round {round_no}: lost bits"
+        assert stats.snapshot() == (expect_normal, expect_zero), f"round {round_no}: stats"
+
+    # The destination, read as a guest would, equals the source.
+    assert np.array_equal(logical(dst_mem, sentinel), ram)
+    untouched = (dst_mem == sentinel).all(axis=1)
+    if mode == "multifd" and not postcopy:
+        # Zero the only time it was sent: never written (QEMU 9.1's rule).
+        once_zero = (arrivals == 1) & (zero_arrivals == 1)
+        assert once_zero.sum() > 5000
+        assert untouched[once_zero].all()
+        assert not untouched[~once_zero].any()
+    else:
+        # postcopy-ram writes every zero page; legacy reads the (non-zero)
+        # sentinel and zeroes it; none sends every page with its data.
+        assert not untouched.any()
+    assert dst.receivedmap.count() == pages
+    assert operations >= 1_000_000, operations
+    print(f"\n{mode} postcopy={postcopy}: {operations} page operations, "
+          f"{rounds} rounds, {pages} bits, stats {stats}")
+
+
+# ------------------------------------------- Python-side bit ops against a kernel
+
+
+def test_python_set_and_clear_race_a_kernel_in_the_same_words() -> None:
+    """ReceivedMap.set/clear of odd pages while recv_normal_pages sets the even ones.
+
+    recv_normal_pages sets every bit with an atomic or, even if the bit is
+    already set; a plain read-modify-write in either side would undo the
+    other side's change to the same word. After every round the even bits are
+    all set and the odd bits are exactly what the Python side left.
+    """
+    page_size = 1024
+    pages = 1 << 15
+    host = mmap.mmap(-1, pages * page_size)
+    block = mz.RAMBlock("pc.ram", host, page_size)
+    rmap = block.receivedmap
+    even = np.arange(0, pages, 2, dtype=np.uint64) * np.uint64(page_size)
+    data = b"\x01" * (even.size * page_size)
+    rng = np.random.default_rng(7)
+    rounds = 12
+    python_ops = kernel_ops = 0
+    try:
+        for _ in range(rounds):
+            rmap.bitmap[:] = 0
+            expected_odd = np.zeros(pages // 2, dtype=bool)
+            done = threading.Event()
+            ops = [0]
+
+            def toggler(expected_odd: np.ndarray = expected_odd,
+                        done: threading.Event = done, ops: list[int] = ops) -> None:
+                while not done.is_set():
+                    for k in rng.integers(0, pages // 2, size=256):
+                        off = (2 * int(k) + 1) * page_size
+                        if expected_odd[k]:
+                            rmap.clear(off)
+                        else:
+                            rmap.set(off)
+                        expected_odd[k] = not expected_odd[k]
+                        ops[0] += 1
+
+            def writer(done: threading.Event = done) -> None:
+                try:
+                    for _ in range(4):
+                        _kernels.recv_normal_pages(host, rmap.bitmap, even, data, page_size)
+                finally:
+                    done.set()
+
+            run_threads(lambda f: f(), [(toggler,), (writer,)])
+            bits = np.unpackbits(rmap.bitmap.view(np.uint8), bitorder="little").astype(bool)
+            assert bits[0::2].all(), "a kernel-set bit was lost"
+            assert np.array_equal(bits[1::2], expected_odd), "a Python set/clear was lost"
+            python_ops += ops[0]
+            kernel_ops += 4 * even.size
+    finally:
+        host.close()
+    assert python_ops > 0 and kernel_ops == rounds * 4 * (pages // 2)
+    print(f"\n{kernel_ops} kernel bit sets and {python_ops} Python set/clear in {rounds} rounds")
+
+
+# ----------------------------------------------------------- the GIL released
+
+
+def helper_runs_during(work: Callable[[], object], attempts: int = 40) -> bool:
+    """True if a parked helper thread ran while ``work()`` was executing.
+
+    The switch interval is raised to 1000 s, so the calling thread never hands
+    the GIL over on its own: the helper, woken just before ``work``, can only
+    run if ``work`` releases the GIL.
+    """
+    old = sys.getswitchinterval()
+    for _ in range(attempts):
+        parked, go = threading.Event(), threading.Event()
+        ran, release = threading.Event(), threading.Event()
+
+        def helper(parked: threading.Event = parked, go: threading.Event = go,
+                   ran: threading.Event = ran, release: threading.Event = release) -> None:
+            parked.set()
+            go.wait()
+            ran.set()
+            release.wait()
+
+        thread = threading.Thread(target=helper, daemon=True)
+        thread.start()
+        assert parked.wait(60)  # the helper is (about to be) blocked on go, not on the GIL
+        sys.setswitchinterval(1000.0)
+        try:
+            go.set()
+            work()
+            seen = ran.is_set()
+        finally:
+            sys.setswitchinterval(old)
+            release.set()
+            thread.join(60)
+        if seen:
+            return True
+    return False
+
+
+@pytest.mark.skipif(GIL_DISABLED, reason="free-threaded Python has no GIL to hold")
+def test_probe_control() -> None:
+    """Control: pure-Python work never lets the helper run, so the probe can fail."""
+
+    def spin() -> None:
+        total = 0
+        for k in range(300_000):
+            total += k
+
+    assert helper_runs_during(spin, attempts=10) is False
+
+
+@pytest.fixture(scope="module")
+def zero_host() -> mmap.mmap:
+    mm = mmap.mmap(-1, 128 * 1024 * 1024)
+    yield mm
+    mm.close()
+
+
+def test_gil_released_by_the_other_calls(zero_host: mmap.mmap) -> None:
+    """partition_batches, gather_pages, normal_data, legacy receive and both send facades."""
+    ps = 4096
+    n = len(zero_host) // ps
+    offsets = np.arange(n, dtype=np.uint64) * np.uint64(ps)
+    rows = offsets.reshape(-1, 128)
+    calls: dict[str, Callable[[], object]] = {
+        "partition_batches": lambda: _kernels.partition_batches(zero_host, rows.copy(), ps),
+        "gather_pages": lambda: _kernels.gather_pages(
+            zero_host, offsets[: n // 2], out, ps
+        ),
+        "recv_legacy_zero_pages": lambda: mz.recv_legacy_zero_pages(dst, offsets),
+        "save_zero_pages": lambda: mz.save_zero_pages(
+            src, offsets, options=legacy, stats=mz.MigrationStats()
+        ),
+        "send_zero_page_detect": lambda: mz.send_zero_page_detect(
+            mz.MultiFDPages(src, offsets, page_count=n),
+            options=mz.MigrationOptions(),
+            stats=mz.MigrationStats(),
+        ),
+        "normal_data": lambda: normal_batch.normal_data(),
+    }
+    out = bytearray(n // 2 * ps)
+    src = mz.RAMBlock("src", zero_host, ps)
+    dst_mem = mmap.mmap(-1, len(zero_host))
+    dst = mz.RAMBlock("dst", dst_mem, ps)
+    legacy = mz.MigrationOptions(zero_page_detection="legacy")
+    data_host = np.ones(len(zero_host) // 4, dtype=np.uint8)
+    data_block = mz.RAMBlock("data", data_host, ps)
+    normal_batch = mz.MultiFDPages(
+        data_block, offsets[: data_host.size // ps], page_count=data_host.size // ps
+    )
+    mz.send_zero_page_detect(normal_batch, options=mz.MigrationOptions(),
+                             stats=mz.MigrationStats())
+    assert normal_batch.normal_num == data_host.size // ps
+    try:
+        if GIL_DISABLED:  # pragma: no cover
+            for work in calls.values():
+                work()
+            return
+        missing = [name for name, work in calls.items() if not helper_runs_during(work)]
+        assert not missing, f"these calls never let another thread run: {missing}"
+    finally:
+        dst_mem.close()
+
+
+def _pages_written(view: np.ndarray, page_size: int) -> int:
+    """Pages whose first byte is set (the kernel under test writes 1s in ascending order)."""
+    return int(np.count_nonzero(view[::page_size]))
+
+
+def _spin_and_watch(host: np.ndarray, ps: int, worker: threading.Thread) -> tuple[int, int]:
+    """Wait until the worker is writing, spin holding the GIL; return progress before, after."""
+    old = sys.getswitchinterval()
+    while _pages_written(host, ps) == 0 and worker.is_alive():
+        pass
+    sys.setswitchinterval(1000.0)
+    try:
+        before = _pages_written(host, ps)
+        total = 0
+        for k in range(200_000):  # pure Python: the GIL stays here
+            total += k
+        return before, _pages_written(host, ps)
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_kernel_progresses_while_another_thread_holds_the_gil() -> None:
+    """A kernel's writes advance while the main thread spins in Python holding the GIL.
+
+    The main thread waits until the kernel (recv_normal_pages of 64 MiB on a
+    worker thread) is part-way, raises the switch interval to 1000 s, reads
+    the kernel's progress, spins in pure Python, and reads it again.
+
+    Why this needs no control: were the GIL held for the whole kernel call,
+    the main thread could run only before or after it, and would read 0 or
+    all pages, never a count strictly in between that then grows.
+    """
+    ps = 1024
+    n = 1 << 16
+    offsets = np.arange(n, dtype=np.uint64) * np.uint64(ps)
+    data = b"\x01" * (n * ps)
+    for _ in range(30):
+        host = np.zeros(n * ps, dtype=np.uint8)
+        rmap = np.zeros(n // 64, dtype=np.uint64)
+        worker = threading.Thread(
+            target=_kernels.recv_normal_pages, args=(host, rmap, offsets, data, ps)
+        )
+        worker.start()
+        try:
+            before, after = _spin_and_watch(host, ps, worker)
+        finally:
+            worker.join()
+        if 0 < before < after:
+            return
+    pytest.fail("the kernel never advanced while this thread held the GIL")
+
+
+def test_two_kernels_run_at_the_same_moment() -> None:
+    """gather_pages copies one page 65,536 times while recv_normal_pages writes that page.
+
+    The copies hold the page's old contents first and its new contents later:
+    the write happened while the copying kernel was running, so both kernels
+    were executing at once (no timing is measured; the test retries until the
+    overlap is seen).
+    """
+    ps = 1024
+    n = 1 << 16
+    copies = 1 << 16
+    offsets = np.arange(n, dtype=np.uint64) * np.uint64(ps)
+    data = b"\x01" * (n * ps)
+    out = np.empty(copies * ps, dtype=np.uint8)
+    for attempt in range(40):
+        host = np.zeros(n * ps, dtype=np.uint8)
+        rmap = np.zeros(n // 64, dtype=np.uint64)
+        worker = threading.Thread(
+            target=_kernels.recv_normal_pages, args=(host, rmap, offsets, data, ps)
+        )
+        worker.start()
+        try:
+            while _pages_written(host, ps) == 0 and worker.is_alive():
+                pass
+            # A page a little ahead of the writer: still old when the copies start.
+            target = min(_pages_written(host, ps) + 256 * (attempt + 1), n - 1)
+            same_page = np.full(copies, target * ps, dtype=np.uint64)
+            _kernels.gather_pages(host, same_page, out, ps)
+        finally:
+            worker.join()
+        firsts = out[::ps]
+        if firsts[0] == 0 and firsts[-1] == 1:
+            # Monotone: once the copier saw the new page it never saw the old one again.
+            switch = int(np.argmax(firsts == 1))
+            assert not (firsts[switch:] == 0).any()
+            return
+    pytest.fail("never saw one kernel write a page while the other was copying it")
