@@ -4,7 +4,8 @@ The source side splits a batch of guest pages into normal pages and zero pages
 (:func:`send_zero_page_detect`); the destination side applies zero pages with
 the receivedmap and the postcopy rule (:func:`recv_zero_page_process`). Both
 run on compiled kernels that release the GIL, so several channels can run on
-threads at once.
+threads at once. :func:`migrate` runs a whole migration of a RAM block over N
+channels in QEMU's wire format (in-process, loopback TCP or Unix sockets).
 
 The zero-check path (``portable``, ``sse2``, ``avx2``, ``avx512``) is chosen at
 import for this CPU; the environment variable ``MULTIFD_ZERO_SIMD`` or
@@ -28,12 +29,14 @@ from ._kernels import (
     simd_paths,
     zero_page_mask,
 )
+from .engine import MigrationResult, migrate
 from .options import MigrationOptions, ZeroPageDetection
 from .pages import MULTIFD_PACKET_SIZE, MultiFDPages, multifd_ram_page_count
 from .ramblock import RAMBlock, ReceivedMap
 from .recv import recv_legacy_zero_pages, recv_normal_pages, recv_zero_page_process
 from .send import save_zero_pages, send_zero_page_detect
 from .stats import MigrationStats
+from .wire import PacketError
 
 try:
     __version__ = _metadata.version("multifd-zero")
@@ -48,14 +51,17 @@ __all__ = [
     "MIN_PAGE_SIZE",
     "MULTIFD_PACKET_SIZE",
     "MigrationOptions",
+    "MigrationResult",
     "MigrationStats",
     "MultiFDPages",
+    "PacketError",
     "RAMBlock",
     "ReceivedMap",
     "ZeroPageDetection",
     "__version__",
     "get_simd",
     "is_zero",
+    "migrate",
     "multifd_ram_page_count",
     "partition_batches",
     "partition_zero_pages",

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import __version__, _kernels, cli_scan
+from . import __version__, _kernels, cli_migrate, cli_scan
 from .demo import run_demo
 from .options import MigrationOptions, ZeroPageDetection
 
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes: check that it runs")
     bench.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
     cli_scan.register(sub)
+    cli_migrate.register(sub)
     return parser
 
 
@@ -130,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.simd:
         _kernels.set_simd(args.simd)
+    if args.command == "migrate":
+        return cli_migrate.run(args)
     if args.command == "scan":
         return cli_scan.run(args)
     if args.command == "demo":

@@ -1,0 +1,386 @@
+"""The migration destination: the main-stream loop and the multifd receiver channels.
+
+As in QEMU (``multifd_recv_thread``, ``multifd_nocomp_recv``, ``ram_load``):
+
+- every incoming connection is told apart by its first four bytes: the
+  ``QEVM`` magic for the main channel, the multifd magic for a channel, whose
+  64-byte handshake is then checked (migration uuid, channel id);
+- each **receiver channel** is a thread that reads the 12-byte packet
+  header, checks it, reads the rest of the fixed-size packet into a
+  preallocated buffer, decodes and checks it
+  (:func:`~multifd_zero.wire.decode_packet`), reads the payload into a
+  preallocated buffer, and only then applies the packet:
+  :func:`~multifd_zero.recv_zero_page_process` for the zero pages, then
+  :func:`~multifd_zero.recv_normal_pages`. So a bad or truncated packet
+  changes no page. On a ``SYNC`` packet it waits for the main thread;
+- the **main thread** (the caller of :meth:`MigrationDestination.run`)
+  reads the main stream: it checks the block names and sizes (``MEM_SIZE``)
+  before any channel is read, so a mismatched destination is left untouched
+  (QEMU's channels start reading at once), applies
+  legacy zero records with :func:`~multifd_zero.recv_legacy_zero_pages`, and
+  at ``MULTIFD_FLUSH`` waits for every channel's ``SYNC`` before letting them
+  go on (QEMU's ``multifd_recv_sync_main``), which orders the rounds.
+
+Any error closes every channel of the destination and is raised by
+:meth:`MigrationDestination.run`.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+from ._failure import POLL, Failure
+from .options import MigrationOptions
+from .ramblock import RAMBlock
+from .ramstream import (
+    QEMU_VM_EOF,
+    QEMU_VM_FILE_MAGIC,
+    QEMU_VM_SECTION_PART,
+    QEMU_VM_SECTION_START,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    Flag,
+    MemSize,
+    RamStreamReader,
+    ZeroRun,
+)
+from .recv import recv_legacy_zero_pages, recv_normal_pages, recv_zero_page_process
+from .transport import Channel
+from .wire import (
+    HANDSHAKE_SIZE,
+    HEADER_SIZE,
+    MULTIFD_MAGIC,
+    BlockError,
+    FlagsError,
+    HandshakeError,
+    MagicError,
+    TruncatedError,
+    check_header,
+    decode_init,
+    decode_packet,
+    packet_len,
+)
+
+__all__ = ["DestinationReport", "MigrationDestination"]
+
+_MAX_ROUNDS = 1 << 20
+
+
+@dataclass
+class DestinationReport:
+    """What the destination received and wrote.
+
+    Attributes
+    ----------
+    rounds : int
+        Round sections received.
+    packets, sync_packets : int
+        Multifd packets received, and how many of them were SYNC packets.
+    normal_pages, zero_pages : int
+        Pages received in multifd packets.
+    legacy_zero_pages : int
+        Zero-page records received on the main channel.
+    zero_pages_written : int
+        Zero pages that were written (zero-filled) rather than only marked.
+    received_pages : int
+        Pages marked in the receivedmap at the end.
+    bytes_received : int
+        Bytes read over every channel.
+    """
+
+    rounds: int = 0
+    packets: int = 0
+    sync_packets: int = 0
+    normal_pages: int = 0
+    zero_pages: int = 0
+    legacy_zero_pages: int = 0
+    zero_pages_written: int = 0
+    received_pages: int = 0
+    bytes_received: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a dict (JSON-ready)."""
+        return asdict(self)
+
+
+class _Receiver:
+    """One multifd receiver channel and its thread."""
+
+    def __init__(self, index: int, channel: Channel, owner: MigrationDestination) -> None:
+        self.index = index
+        self.channel = channel
+        self.owner = owner
+        self.packet = memoryview(bytearray(packet_len(owner.page_count)))
+        self.payload = memoryview(bytearray(owner.page_count * owner.page_size))
+        self.synced = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+        self.ended = threading.Event()
+        self.report = DestinationReport()
+        self.thread = threading.Thread(target=self._run, name=f"multifd-recv-{index}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while self._one_packet():  # ends at a clean end of stream, or raises
+                pass
+        except BaseException as exc:
+            self.owner.failure.fail(exc)
+        finally:
+            self.ended.set()
+
+    def _one_packet(self) -> bool:
+        owner = self.owner
+        head = self.packet[:HEADER_SIZE]
+        if not self.channel.recv_exact(head, what="a packet header", eof_ok=True):
+            return False
+        check_header(head)
+        self.channel.recv_exact(self.packet[HEADER_SIZE:], what="a packet")
+        pkt = decode_packet(
+            self.packet,
+            page_count=owner.page_count,
+            page_size=owner.page_size,
+            blocks=owner.lengths,
+        )
+        data = self.payload[: pkt.next_packet_size]
+        if pkt.next_packet_size:
+            self.channel.recv_exact(data, what="a packet's payload")
+        report = self.report
+        if pkt.normal_pages or pkt.zero_pages:
+            block = owner.blocks[pkt.ramblock]
+            report.zero_pages_written += recv_zero_page_process(
+                block, pkt.zero, options=owner.options
+            )
+            recv_normal_pages(block, pkt.normal, data)
+            report.normal_pages += pkt.normal_pages
+            report.zero_pages += pkt.zero_pages
+        report.packets += 1
+        if pkt.sync:
+            report.sync_packets += 1
+            self.synced.release()
+            owner.failure.wait(
+                self.release, owner.timeout, f"the main thread to release channel {self.index}"
+            )
+        return True
+
+
+class MigrationDestination:
+    """The destination side of a migration into RAM blocks.
+
+    Parameters
+    ----------
+    blocks : sequence of RAMBlock
+        Writable destination blocks, named and sized as on the source.
+    channels : int
+        Multifd channels to expect.
+    options : MigrationOptions
+        The destination's settings (``postcopy_ram`` changes how zero pages
+        are written).
+    page_count : int
+        Offset slots per packet (the source's batch size).
+    uuid : bytes, optional
+        The migration's 16-byte uuid; handshakes with another one are
+        refused. None accepts any uuid, as long as every channel has the same.
+    timeout : float
+        Seconds any single wait may last.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[RAMBlock],
+        *,
+        channels: int,
+        options: MigrationOptions,
+        page_count: int,
+        uuid: bytes | None,
+        timeout: float,
+    ) -> None:
+        if not blocks:
+            raise ValueError("at least one RAM block is needed")
+        page_sizes = {b.page_size for b in blocks}
+        if len(page_sizes) != 1:
+            raise ValueError("every block must have the same page size")
+        for block in blocks:
+            block.check_writable()
+        self.blocks = {b.idstr: b for b in blocks}
+        if len(self.blocks) != len(blocks):
+            raise ValueError("block names must be unique")
+        self.lengths = {name: b.used_length for name, b in self.blocks.items()}
+        self.page_size = page_sizes.pop()
+        self.channels = channels
+        self.options = options
+        self.page_count = page_count
+        self.uuid = uuid
+        self.timeout = timeout
+        self.failure = Failure()
+        self.report = DestinationReport()
+        self._receivers: list[_Receiver] = []
+
+    # -- connections
+
+    def _classify(self, accept: Callable[[], Channel]) -> tuple[Channel, dict[int, Channel]]:
+        main: Channel | None = None
+        multifd: dict[int, Channel] = {}
+        for _ in range(self.channels + 1):  # exactly channels + 1 connections
+            channel = accept()
+            self.failure.add_channel(channel)
+            head = bytearray(HANDSHAKE_SIZE)
+            view = memoryview(head)
+            channel.recv_exact(view[:4], what="a connection's magic")
+            (magic,) = struct.unpack(">I", head[:4])
+            if magic == QEMU_VM_FILE_MAGIC:
+                if main is not None:
+                    raise HandshakeError("a second main channel")
+                main = channel
+            elif magic == MULTIFD_MAGIC:
+                channel.recv_exact(view[4:], what="a channel handshake")
+                init = decode_init(head, uuid=self.uuid, channels=self.channels)
+                if self.uuid is None:
+                    self.uuid = init.uuid
+                if init.id in multifd:
+                    raise HandshakeError(f"channel id {init.id} connected twice")
+                multifd[init.id] = channel
+            else:
+                raise MagicError(f"a connection starting with unknown magic {magic:#010x}")
+        if main is None:
+            raise HandshakeError("no main channel among the connections")
+        return main, multifd
+
+    # -- main thread
+
+    def _sync_channels(self) -> None:
+        """QEMU's ``multifd_recv_sync_main``: every channel's SYNC, then release them."""
+        for receiver in self._receivers:
+            deadline = time.monotonic() + self.timeout
+            while not receiver.synced.acquire(timeout=POLL):  # bounded by the deadline
+                self.failure.check()
+                if receiver.ended.is_set():
+                    if receiver.synced.acquire(blocking=False):
+                        break
+                    raise TruncatedError(f"channel {receiver.index} ended before its SYNC packet")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"waited {self.timeout} s for channel {receiver.index}'s SYNC packet"
+                    )
+        for receiver in self._receivers:
+            receiver.release.release()
+
+    def _setup(self, reader: RamStreamReader) -> None:
+        """The stream header and the setup section: every block present with its size."""
+        reader.read_header()
+        if reader.read_section() != QEMU_VM_SECTION_START:
+            raise FlagsError("the main stream does not start with the setup section")
+        setup = reader.read_record()
+        if not isinstance(setup, MemSize):
+            raise FlagsError("the setup section does not start with MEM_SIZE")
+        if set(setup.blocks) != set(self.blocks):
+            missing = sorted(set(self.blocks) - set(setup.blocks))
+            raise BlockError(f"the source did not send RAM blocks {missing}")
+        if reader.read_record() != Flag(RAM_SAVE_FLAG_EOS):
+            raise FlagsError("the setup section does not end with EOS")
+
+    def _main_loop(self, reader: RamStreamReader) -> None:
+        for _ in range(_MAX_ROUNDS):  # one pass per round section
+            kind = reader.read_section()
+            if kind == QEMU_VM_EOF:
+                return
+            if kind != QEMU_VM_SECTION_PART:
+                raise FlagsError(f"unexpected section type {kind}")
+            self._round(reader)
+            self.report.rounds += 1
+        raise FlagsError(f"more than {_MAX_ROUNDS} rounds")
+
+    def _round(self, reader: RamStreamReader) -> None:
+        while True:  # one pass per record; the stream is finite and every read is bounded
+            record = reader.read_record()
+            if isinstance(record, ZeroRun):
+                block = self.blocks[record.idstr]
+                self.report.zero_pages_written += recv_legacy_zero_pages(block, record.offsets)
+                self.report.legacy_zero_pages += int(record.offsets.size)
+            elif record == Flag(RAM_SAVE_FLAG_MULTIFD_FLUSH):
+                self._sync_channels()
+            elif record == Flag(RAM_SAVE_FLAG_EOS):
+                return
+            else:
+                raise FlagsError(f"unexpected record {record!r} in a round")
+
+    # -- the whole migration
+
+    def run(self, connections: Callable[[], Channel] | Iterable[Channel]) -> DestinationReport:
+        """Accept the channels, receive the migration, and return the report.
+
+        Parameters
+        ----------
+        connections : callable or iterable of Channel
+            Where the ``channels + 1`` connections come from: a function
+            that waits for the next one (such as ``Listener.accept``) or the
+            channels themselves.
+
+        Raises
+        ------
+        PacketError
+            Bad data from the source (every channel is closed by then).
+        Exception
+            Any other first error (transport errors, timeouts).
+        """
+        accept = _acceptor(connections)
+        main: Channel | None = None
+        try:
+            main, multifd = self._classify(accept)
+            self._receivers = [_Receiver(i, multifd[i], self) for i in sorted(multifd)]
+            reader = RamStreamReader(main, page_size=self.page_size, blocks=self.lengths)
+            # The channels are read only once the blocks are known to match, so a
+            # mismatched destination is refused before any page is written.
+            self._setup(reader)
+            for receiver in self._receivers:
+                receiver.thread.start()
+            self._main_loop(reader)
+            self._join()
+            self.report.bytes_received = reader.bytes_read
+        except BaseException as exc:
+            self.failure.fail(exc)
+            self._join()
+        if self.failure.error is not None:
+            raise self.failure.error
+        self._finish()
+        if main is not None:
+            main.close()
+        return self.report
+
+    def _join(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        for receiver in self._receivers:
+            if receiver.thread.ident is not None:
+                receiver.thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [r.index for r in self._receivers if r.thread.is_alive()]
+        if alive:
+            self.failure.fail(TimeoutError(f"receiver channels {alive} did not end"))
+
+    def _finish(self) -> None:
+        report = self.report
+        for receiver in self._receivers:
+            part = receiver.report
+            report.packets += part.packets
+            report.sync_packets += part.sync_packets
+            report.normal_pages += part.normal_pages
+            report.zero_pages += part.zero_pages
+            report.zero_pages_written += part.zero_pages_written
+            report.bytes_received += receiver.channel.bytes_received
+            receiver.channel.close()
+        report.received_pages = sum(b.receivedmap.count() for b in self.blocks.values())
+
+
+def _acceptor(connections: Callable[[], Channel] | Iterable[Channel]) -> Callable[[], Channel]:
+    if callable(connections):
+        return connections
+    iterator: Iterator[Channel] = iter(connections)
+
+    def take() -> Channel:
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise HandshakeError("fewer connections than channels + 1") from None
+
+    return take

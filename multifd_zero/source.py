@@ -1,0 +1,414 @@
+"""The migration source: the queueing thread and the multifd sender channels.
+
+As in QEMU (``ram_save_target_page``, ``multifd_queue_page``,
+``multifd_send_thread``):
+
+- the **queueing thread** (the caller of :meth:`MigrationSource.run`) walks
+  each round's dirty pages in ascending order, in batches of ``page_count``
+  pages of the block. With ``legacy`` detection it checks the pages itself
+  (:func:`~multifd_zero.save_zero_pages`) and writes the zero ones to the main
+  channel as ``RAM_SAVE_FLAG_ZERO`` records; only the others are queued to
+  multifd, in batches refilled up to ``page_count``. With ``multifd`` or
+  ``none`` every page is queued;
+- a full batch goes to the next idle sender channel, round-robin from the
+  one after the last used (it waits on the next one when all are busy);
+- each **sender channel** is a thread that runs
+  :func:`~multifd_zero.send_zero_page_detect` on its batch (the nogil kernel),
+  fills a RAM packet, gathers the normal pages' data and sends both in one
+  gather write;
+- at the end of each round the queueing thread sends a ``SYNC`` packet on
+  every channel, waits until each has been sent (QEMU's
+  ``multifd_send_sync_main``), then writes ``MULTIFD_FLUSH`` and ``EOS`` to
+  the main channel. Only then is the next round's dirty set asked for, so the
+  source memory may change between rounds without racing a sender.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _kernels
+from ._failure import POLL, Failure
+from ._offsets import OffsetArray
+from .options import MigrationOptions, ZeroPageDetection
+from .pages import MultiFDPages
+from .ramblock import RAMBlock
+from .ramstream import (
+    QEMU_VM_EOF,
+    QEMU_VM_SECTION_PART,
+    QEMU_VM_SECTION_START,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    encode_file_header,
+    encode_flag,
+    encode_mem_size,
+    encode_section,
+    encode_zero_records,
+)
+from .send import save_zero_pages, send_zero_page_detect
+from .stats import MigrationStats
+from .transport import Channel
+from .wire import MULTIFD_FLAG_SYNC, encode_init, encode_name, fill_packet, packet_len
+
+__all__ = ["MigrationSource", "ProgressCallback", "SourceReport"]
+
+ProgressCallback = Callable[[int, int, int], object]
+"""``progress(round, pages_queued, pages_in_round)``, called by the queueing thread."""
+
+_SYNC = "sync"
+_STOP = "stop"
+_QUEUE_DEPTH = 2
+
+
+@dataclass
+class SourceReport:
+    """What the source did.
+
+    Attributes
+    ----------
+    rounds : int
+        Rounds sent (each ended by a sync): QEMU's ``dirty-sync-count``.
+    pages_queued : int
+        Pages walked over all rounds (normal plus zero).
+    batches : int
+        Batches handed to the sender channels.
+    """
+
+    rounds: int = 0
+    pages_queued: int = 0
+    batches: int = 0
+
+
+class _Counter:
+    """QEMU's global ``packet_num``: fetch-and-increment over all channels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = itertools.count()
+
+    def take(self) -> int:
+        with self._lock:
+            return next(self._next)
+
+
+class _Sender:
+    """One multifd sender channel and its thread."""
+
+    def __init__(
+        self,
+        index: int,
+        channel: Channel,
+        block: RAMBlock,
+        *,
+        options: MigrationOptions,
+        stats: MigrationStats,
+        page_count: int,
+        uuid: bytes,
+        counter: _Counter,
+        failure: Failure,
+        timeout: float,
+    ) -> None:
+        self.index = index
+        self.channel = channel
+        self.block = block
+        self.options = options
+        self.stats = stats
+        self.page_count = page_count
+        self.uuid = uuid
+        self.counter = counter
+        self.failure = failure
+        self.timeout = timeout
+        self.work: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self.synced = threading.Semaphore(0)
+        self.packet = bytearray(packet_len(page_count))
+        self.payload = memoryview(bytearray(page_count * block.page_size))
+        self.name = encode_name(block.idstr)
+        self.thread = threading.Thread(target=self._run, name=f"multifd-send-{index}", daemon=True)
+
+    def _next_item(self) -> Any:
+        deadline = time.monotonic() + self.timeout
+        while True:  # bounded by the deadline
+            try:
+                return self.work.get(timeout=POLL)
+            except queue.Empty:
+                self.failure.check()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"sender channel {self.index} had no work for {self.timeout} s"
+                    ) from None
+
+    def _run(self) -> None:
+        try:
+            self.stats.add_bytes(multifd=self.channel.send([encode_init(self.uuid, self.index)]))
+            while True:  # ends on _STOP, on failure, or when a wait times out
+                item = self._next_item()
+                if item is _STOP:
+                    break
+                if item is _SYNC:
+                    self._send_sync()
+                    self.synced.release()
+                else:
+                    self._send_batch(item)
+            self.channel.close()
+        except BaseException as exc:
+            self.failure.fail(exc)
+
+    def _send_sync(self) -> None:
+        # QEMU 9.2+: a SYNC packet carries no RAM part (pages_alloc 0, no name).
+        size = fill_packet(
+            self.packet,
+            self.page_count,
+            offsets=np.zeros(0, dtype=np.uint64),
+            normal_pages=0,
+            ramblock=b"",
+            packet_num=self.counter.take(),
+            next_packet_size=0,
+            flags=MULTIFD_FLAG_SYNC,
+            pages_alloc=0,
+        )
+        self.stats.add_bytes(multifd=self.channel.send([memoryview(self.packet)[:size]]))
+
+    def _send_batch(self, offsets: OffsetArray) -> None:
+        pages = MultiFDPages(self.block, offsets, page_count=self.page_count)
+        normal = send_zero_page_detect(pages, options=self.options, stats=self.stats)
+        page_size = self.block.page_size
+        nbytes = normal * page_size
+        order = pages.offset
+        size = fill_packet(
+            self.packet,
+            self.page_count,
+            offsets=order,
+            normal_pages=normal,
+            ramblock=self.name,
+            packet_num=self.counter.take(),
+            next_packet_size=nbytes,
+        )
+        data = self.payload[:nbytes]
+        if normal:
+            _kernels.gather_pages(self.block.host, order[:normal], data, page_size)
+        sent = self.channel.send([memoryview(self.packet)[:size], data])
+        self.stats.add_bytes(multifd=sent)
+
+
+class MigrationSource:
+    """The source side of a migration of one RAM block over a main channel and N channels.
+
+    Parameters
+    ----------
+    block : RAMBlock
+        The source memory (read-only is fine).
+    main : Channel
+        The main migration channel.
+    channels : sequence of Channel
+        One per multifd channel; channel ``i`` announces id ``i``.
+    options : MigrationOptions
+    stats : MigrationStats
+        Counters to add to (pages and bytes).
+    page_count : int
+        Pages per batch and offset slots per packet.
+    uuid : bytes
+        16 bytes naming the migration, sent in every channel handshake.
+    timeout : float
+        Seconds any single wait may last.
+    progress : callable, optional
+        See :data:`ProgressCallback`.
+    """
+
+    def __init__(
+        self,
+        block: RAMBlock,
+        main: Channel,
+        channels: Sequence[Channel],
+        *,
+        options: MigrationOptions,
+        stats: MigrationStats,
+        page_count: int,
+        uuid: bytes,
+        timeout: float,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        if not channels:
+            raise ValueError("at least one multifd channel is needed")
+        self.block = block
+        self.main = main
+        self.options = options
+        self.stats = stats
+        self.page_count = page_count
+        self.timeout = timeout
+        self.progress = progress
+        self.report = SourceReport()
+        self.failure = Failure([main, *channels])
+        counter = _Counter()
+        self.senders = [
+            _Sender(
+                i,
+                channel,
+                block,
+                options=options,
+                stats=stats,
+                page_count=page_count,
+                uuid=uuid,
+                counter=counter,
+                failure=self.failure,
+                timeout=timeout,
+            )
+            for i, channel in enumerate(channels)
+        ]
+        self._next_channel = 0
+        self._legacy = options.zero_page_detection is ZeroPageDetection.LEGACY
+        self._pending = np.empty(2 * page_count, dtype=np.uint64)
+        self._pending_num = 0
+        self._continued = False
+
+    # -- main channel
+
+    def _main_send(self, *parts: bytes) -> None:
+        self.stats.add_bytes(qemu_file=self.main.send(parts))
+
+    # -- batches
+
+    def _dispatch(self, batch: OffsetArray) -> None:
+        """Hand a batch to the next idle channel, round-robin (QEMU's ``multifd_send``)."""
+        count = len(self.senders)
+        for step in range(count):
+            index = (self._next_channel + step) % count
+            try:
+                self.senders[index].work.put_nowait(batch)
+            except queue.Full:
+                continue
+            self._next_channel = (index + 1) % count
+            self.report.batches += 1
+            return
+        index = self._next_channel
+        self._put(self.senders[index], batch)
+        self._next_channel = (index + 1) % count
+        self.report.batches += 1
+
+    def _put(self, sender: _Sender, item: Any) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:  # bounded by the deadline
+            self.failure.check()
+            try:
+                sender.work.put(item, timeout=POLL)
+                return
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"sender channel {sender.index} took no work for {self.timeout} s"
+                    ) from None
+
+    def _queue_normal(self, normal: OffsetArray) -> None:
+        """Legacy mode: add non-zero pages to the partial batch; send it when full."""
+        pc = self.page_count
+        start = 0
+        while start < normal.size:  # each pass moves at least one offset
+            take = min(int(normal.size) - start, pc - self._pending_num)
+            self._pending[self._pending_num : self._pending_num + take] = normal[
+                start : start + take
+            ]
+            self._pending_num += take
+            start += take
+            if self._pending_num == pc:
+                self._dispatch(self._pending[:pc].copy())
+                self._pending_num = 0
+
+    def _flush_pending(self) -> None:
+        if self._pending_num:
+            self._dispatch(self._pending[: self._pending_num].copy())
+            self._pending_num = 0
+
+    def _send_round(self, round_no: int, offsets: OffsetArray) -> None:
+        self._main_send(encode_section(QEMU_VM_SECTION_PART))
+        self._continued = False
+        total = int(offsets.size)
+        pc = self.page_count
+        for start in range(0, total, pc):  # one pass per batch, not per page
+            self.failure.check()
+            batch = offsets[start : start + pc]
+            if self._legacy:
+                normal, zero = save_zero_pages(
+                    self.block, batch, options=self.options, stats=self.stats
+                )
+                if zero.size:
+                    self._main_send(
+                        encode_zero_records(self.block.idstr, zero, continued=self._continued)
+                    )
+                    self._continued = True
+                self._queue_normal(normal)
+            else:
+                self._dispatch(batch)
+            if self.progress is not None:
+                self.progress(round_no, min(start + pc, total), total)
+        self._flush_pending()
+        self._sync()
+        self._main_send(encode_flag(RAM_SAVE_FLAG_MULTIFD_FLUSH), encode_flag(RAM_SAVE_FLAG_EOS))
+        self.report.rounds += 1
+        self.report.pages_queued += total
+
+    def _sync(self) -> None:
+        """A SYNC packet on every channel; wait until each has gone out."""
+        for sender in self.senders:
+            self._put(sender, _SYNC)
+        for sender in self.senders:
+            self.failure.wait(sender.synced, self.timeout, f"channel {sender.index} to sync")
+
+    # -- the whole migration
+
+    def run(self, rounds: Iterable[OffsetArray]) -> SourceReport:
+        """Send every round of ``rounds``, then end the stream and close the channels.
+
+        Parameters
+        ----------
+        rounds : iterable of numpy.ndarray
+            Sorted, unique, checked ``uint64`` offsets, one array per round.
+            The iterable is advanced only after the previous round is synced.
+
+        Returns
+        -------
+        SourceReport
+
+        Raises
+        ------
+        Exception
+            The first error of any thread of the source; every channel is
+            closed by then.
+        """
+        try:
+            for sender in self.senders:
+                sender.thread.start()
+            self._main_send(
+                encode_file_header(),
+                encode_section(QEMU_VM_SECTION_START),
+                encode_mem_size([(self.block.idstr, self.block.used_length)]),
+                encode_flag(RAM_SAVE_FLAG_EOS),
+            )
+            for round_no, offsets in enumerate(rounds, start=1):
+                self._send_round(round_no, offsets)
+            self._main_send(encode_section(QEMU_VM_EOF))
+            for sender in self.senders:
+                self._put(sender, _STOP)
+            self._join()
+            self.main.close()
+        except BaseException as exc:
+            self.failure.fail(exc)
+            self._join()
+        if self.failure.error is not None:
+            raise self.failure.error
+        return self.report
+
+    def _join(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        for sender in self.senders:
+            if sender.thread.ident is not None:
+                sender.thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [s.index for s in self.senders if s.thread.is_alive()]
+        if alive:  # pragma: no cover - every sender wait is bounded
+            self.failure.fail(TimeoutError(f"sender channels {alive} did not stop"))

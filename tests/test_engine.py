@@ -1,0 +1,613 @@
+"""The migration engine: mode x postcopy x channels x transport, dirty rounds, bad input.
+
+Expectations come from the reference model (``tests/reference_model.py``):
+each round's pages are applied to a :class:`RefDestination` in QEMU's order,
+so the destination memory, its receivedmap, the zero pages written and the
+query-migrate counters must all match. Byte counters are checked exactly
+against QEMU's costs (1344-byte packets, 9-byte legacy zero records).
+Destinations start filled with a sentinel byte, so a page the engine never
+wrote is visible.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import doctest
+import hashlib
+import math
+import mmap
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from reference_model import RefDestination
+
+import multifd_zero as mz
+from multifd_zero import demo, engine, ramstream, shm, source, stats, transport, wire
+from multifd_zero.destination import MigrationDestination
+from multifd_zero.engine import migrate
+from multifd_zero.shm import SharedRAM
+from multifd_zero.transport import Channel, inprocess_pair
+
+PS = 4096
+PAGES = 512  # a 2 MiB block
+NAME = "pc.ram"
+SENTINEL = 0xA5
+MODES = ("none", "legacy", "multifd")
+T = 30.0
+
+
+# ----------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """A source block and what the guest does to it between rounds.
+
+    ``changes[r]`` lists ``(page, value)`` applied before round ``r + 2``:
+    value 0 zeroes the page, any other value zeroes it and then writes that
+    byte at a place that depends on the page.
+    """
+
+    initial: np.ndarray
+    changes: list[list[tuple[int, int]]] = field(default_factory=list)
+    extra_dirty: list[list[int]] = field(default_factory=list)
+
+    def apply(self, ram: np.ndarray, r: int) -> list[int]:
+        """Change ``ram`` as before round ``r + 2``; return that round's dirty pages."""
+        pages = ram.reshape(-1, PS)
+        for page, value in self.changes[r]:
+            pages[page] = 0
+            if value:
+                pages[page, (page * 37) % PS] = value
+        extra = self.extra_dirty[r] if r < len(self.extra_dirty) else []
+        return sorted({p for p, _ in self.changes[r]} | set(extra))
+
+    def rounds(self, ram: np.ndarray) -> Iterator[np.ndarray]:
+        """The dirty generator handed to migrate: changes the source, then yields offsets."""
+        for r in range(len(self.changes)):
+            yield np.array(self.apply(ram, r), dtype=np.uint64) * np.uint64(PS)
+
+
+def make_plan(seed: int, rounds: int = 3) -> Plan:
+    """A random block (half zero pages) and random changes: zeroed, written, re-zeroed pages."""
+    initial = demo.make_guest_ram(PAGES * PS, zero_ratio=0.5, seed=seed)
+    rng = np.random.default_rng(seed)
+    changes = []
+    for _ in range(rounds - 1):
+        pages = rng.choice(PAGES, size=60, replace=False)
+        values = rng.integers(0, 256, size=60) * (rng.random(60) < 0.5)
+        changes.append([(int(p), int(v)) for p, v in zip(pages, values, strict=True)])
+    return Plan(initial, changes)
+
+
+@dataclass
+class Expected:
+    """What the reference model says the migration must produce."""
+
+    memory: bytes
+    received: list[int]
+    written: int
+    normal: int
+    zero: int
+    multifd_bytes: int
+    qemu_file_bytes: int
+    rounds: int
+
+
+def expect(plan: Plan, mode: str, postcopy: bool, channels: int, page_count: int) -> Expected:
+    """Replay the plan through the reference model, counting QEMU's bytes."""
+    ref = RefDestination(bytes([SENTINEL]) * (PAGES * PS), PS)
+    src = plan.initial.copy()
+    plen = wire.packet_len(page_count)
+    multifd = 64 * channels
+    qemu_file = 8 + 1 + (8 + 1 + len(NAME) + 8) + 8  # header, START, MEM_SIZE, EOS
+    normal_total = zero_total = written = 0
+    sets: list[list[int]] = [list(range(PAGES))] + [[] for _ in plan.changes]
+    for r, _ in enumerate(sets):
+        if r:
+            sets[r] = plan.apply(src, r - 1)
+        host = src.tobytes()
+        pages = sets[r]
+        zero = [p * PS for p in pages if host[p * PS : (p + 1) * PS].count(0) == PS]
+        normal = [p * PS for p in pages if p * PS not in set(zero)]
+        if mode == "none":
+            normal, zero = [p * PS for p in pages], []
+        data = b"".join(host[o : o + PS] for o in normal)
+        if mode == "legacy":
+            written += ref.recv_legacy_zero_pages(zero)
+            qemu_file += 9 * len(zero) + (1 + len(NAME) if zero else 0)
+            batches = math.ceil(len(normal) / page_count)
+        else:
+            written += ref.recv_zero_page_process(zero, postcopy_ram=postcopy)
+            batches = math.ceil(len(pages) / page_count)
+        ref.recv_normal_pages(normal, data)
+        normal_total += len(normal)
+        zero_total += len(zero)
+        multifd += batches * plen + len(normal) * PS + channels * plen  # packets, data, SYNCs
+        qemu_file += 1 + 16  # PART, MULTIFD_FLUSH + EOS
+    qemu_file += 1  # QEMU_VM_EOF
+    received = [i for i, bit in enumerate(ref.received) if bit]
+    return Expected(
+        bytes(ref.memory),
+        received,
+        written,
+        normal_total,
+        zero_total,
+        multifd,
+        qemu_file,
+        len(sets),
+    )
+
+
+def destination_block(kind: str) -> mz.RAMBlock:
+    """A sentinel-filled destination: shared RAM (no staging) or a bytearray (staged)."""
+    host: Any = SharedRAM(PAGES * PS) if kind == "shared" else bytearray(PAGES * PS)
+    np.frombuffer(host, dtype=np.uint8)[:] = SENTINEL
+    return mz.RAMBlock(NAME, host, PS)
+
+
+def check(result: engine.MigrationResult, dst: mz.RAMBlock, exp: Expected, channels: int) -> None:
+    """Destination memory, receivedmap, counters and bytes against the model."""
+    assert bytes(memoryview(dst.host)) == exp.memory
+    assert (dst.receivedmap.received_offsets() // PS).tolist() == exp.received
+    ram = result.ram
+    assert (ram["normal"], ram["duplicate"]) == (exp.normal, exp.zero)
+    assert ram["normal-bytes"] == exp.normal * PS and ram["page-size"] == PS
+    assert ram["multifd-bytes"] == exp.multifd_bytes
+    assert ram["transferred"] == exp.multifd_bytes + exp.qemu_file_bytes
+    assert ram["dirty-sync-count"] == exp.rounds and ram["total"] == PAGES * PS
+    assert ram["pages-per-second"] > 0 and ram["mbps"] > 0
+    report = result.destination
+    assert report.zero_pages_written == exp.written
+    assert report.rounds == exp.rounds
+    assert report.sync_packets == channels * exp.rounds
+    assert report.bytes_received == ram["transferred"]
+    assert report.received_pages == len(exp.received)
+    assert result.pages_sent == exp.normal + exp.zero
+
+
+# ------------------------------------------------------------ the round trips
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "tcp", "unix"])
+@pytest.mark.parametrize("channels", [1, 2, 4])
+@pytest.mark.parametrize("postcopy", [False, True], ids=["precopy", "postcopy"])
+@pytest.mark.parametrize("mode", MODES)
+def test_round_trip(mode: str, postcopy: bool, channels: int, transport: str) -> None:
+    """Three rounds with dirtied, zeroed and re-zeroed pages end exactly as the model says."""
+    plan = make_plan(seed=channels * 7 + len(mode))
+    ram = plan.initial.copy()
+    src = mz.RAMBlock(NAME, ram, PS)
+    dst = destination_block("shared" if transport == "tcp" else "bytearray")
+    options = mz.MigrationOptions(mz.ZeroPageDetection(mode), postcopy_ram=postcopy)
+    result = migrate(
+        src,
+        dst,
+        channels=channels,
+        options=options,
+        page_count=32,
+        transport=transport,
+        dirty=plan.rounds(ram),
+        timeout=T,
+    )
+    check(result, dst, expect(plan, mode, postcopy, channels, 32), channels)
+    assert (result.channels, result.transport, result.rounds) == (channels, transport, 3)
+    if mode == "legacy":  # the queueing thread found the zero pages; packets carry none
+        assert result.destination.zero_pages == 0
+        assert result.destination.legacy_zero_pages == result.ram["duplicate"]
+    else:
+        assert result.destination.legacy_zero_pages == 0
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "tcp", "unix"])
+def test_default_page_count_and_fresh_destination(transport: str) -> None:
+    """QEMU's 128-page packets; no destination given: fresh memory, verified by its hash."""
+    ram = demo.make_guest_ram(4 << 20, zero_ratio=0.7, seed=3)
+    result = migrate(
+        mz.RAMBlock(NAME, ram), channels=3, transport=transport, checksum=True, timeout=T
+    )
+    assert result.destination_sha256 == hashlib.sha256(ram.tobytes()).hexdigest()
+    pages = ram.size // PS
+    assert result.destination.packets == math.ceil(pages / 128) + 3  # data, then a SYNC each
+    assert result.ram["normal"] + result.ram["duplicate"] == pages
+    assert result.gb_per_s > 0
+    as_dict = result.as_dict()
+    assert as_dict["ram"] == result.ram and as_dict["transport"] == transport
+
+
+# -------------------------------------------------------------- dirty rounds
+
+
+def two_round_plan() -> tuple[Plan, dict[str, list[int]]]:
+    """Named pages: normal then zero, zero throughout, zero then normal, zero sent twice."""
+    initial = np.zeros(PAGES * PS, dtype=np.uint8)
+    pages = initial.reshape(-1, PS)
+    groups = {
+        "normal_then_zero": [1, 2, 3, 100, 511],
+        "always_zero": [4, 5, 6, 200, 300],
+        "zero_then_normal": [7, 8],
+        "zero_sent_twice": [9, 10],
+        "normal_throughout": [11, 12],
+    }
+    for p in groups["normal_then_zero"] + groups["normal_throughout"]:
+        pages[p, p] = 1 + p % 200
+    changes = [
+        [(p, 0) for p in groups["normal_then_zero"]]
+        + [(p, 77) for p in groups["zero_then_normal"]]
+    ]
+    extra = [groups["zero_sent_twice"]]  # dirty but still zero (the guest wrote zeros)
+    return Plan(initial, changes, extra), groups
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "tcp"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dirty_rounds_received_before_branch(transport: str, channels: int) -> None:
+    """Multifd precopy: non-zero then zero ends zeroed (received before: written); zero
+    pages sent once are never written (the sentinel survives); a zero page sent twice is
+    zero-filled the second time, as QEMU does."""
+    plan, groups = two_round_plan()
+    ram = plan.initial.copy()
+    dst = destination_block("shared" if transport == "tcp" else "bytearray")
+    result = migrate(
+        mz.RAMBlock(NAME, ram),
+        dst,
+        channels=channels,
+        transport=transport,
+        dirty=plan.rounds(ram),
+        timeout=T,
+    )
+    out = np.frombuffer(dst.host, dtype=np.uint8).reshape(-1, PS)
+    for p in groups["normal_then_zero"]:
+        assert not out[p].any(), p
+    for p in groups["always_zero"]:
+        assert (out[p] == SENTINEL).all(), p  # never written
+    for p in groups["zero_then_normal"]:
+        assert out[p, (p * 37) % PS] == 77 and out[p].sum() == 77
+    for p in groups["zero_sent_twice"]:
+        assert not out[p].any(), p
+    for p in groups["normal_throughout"]:
+        assert (out[p] == ram.reshape(-1, PS)[p]).all()
+    written = len(groups["normal_then_zero"]) + len(groups["zero_sent_twice"])
+    assert result.destination.zero_pages_written == written
+    assert dst.receivedmap.count() == PAGES
+    check(result, dst, expect(plan, "multifd", False, channels, 128), channels)
+
+
+def mincore(memory: mmap.mmap, pages: int) -> list[int]:
+    """mincore(2) residency of each page of an mmap."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    vec = (ctypes.c_ubyte * pages)()
+    holder = ctypes.c_char.from_buffer(memory)
+    try:
+        assert libc.mincore(ctypes.addressof(holder), pages * mmap.PAGESIZE, vec) == 0
+    finally:
+        del holder
+    return [v & 1 for v in vec]
+
+
+@pytest.mark.skipif(mmap.PAGESIZE != PS, reason="needs 4 KiB host pages")
+@pytest.mark.parametrize("postcopy", [False, True], ids=["precopy", "postcopy"])
+def test_zero_pages_are_never_touched_in_precopy(postcopy: bool) -> None:
+    """On fresh private memory, pages zero in every round are not even faulted in (mincore),
+    unless postcopy-ram makes every zero page be written."""
+    plan, groups = two_round_plan()
+    ram = plan.initial.copy()
+    memory = mmap.mmap(-1, PAGES * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+    dst = mz.RAMBlock(NAME, memory, PS)
+    options = mz.MigrationOptions(postcopy_ram=postcopy)
+    migrate(mz.RAMBlock(NAME, ram), dst, channels=2, options=options, dirty=plan.rounds(ram))
+    resident = mincore(memory, PAGES)
+    for p in groups["always_zero"]:
+        assert resident[p] == (1 if postcopy else 0), p
+    for p in groups["normal_then_zero"] + groups["zero_then_normal"]:
+        assert resident[p] == 1, p
+    memory.close()
+
+
+def test_dirty_sets_are_sorted_deduplicated_and_checked() -> None:
+    """Dirty offsets in any order with repeats are fine; a bad one fails the migration."""
+    ram = np.ones(8 * PS, dtype=np.uint8)
+    dst = mz.RAMBlock(NAME, bytearray(8 * PS))
+    result = migrate(mz.RAMBlock(NAME, ram), dst, dirty=[[3 * PS, PS, 3 * PS]], timeout=T)
+    assert result.pages_sent == 8 + 2
+    for bad, error in (([PS + 1], ValueError), ([8 * PS], ValueError), (["x"], TypeError)):
+        with pytest.raises(error):
+            migrate(mz.RAMBlock(NAME, ram), bytearray_block(), dirty=[bad], timeout=T)
+
+
+def bytearray_block(pages: int = 8) -> mz.RAMBlock:
+    """A small writable destination."""
+    return mz.RAMBlock(NAME, bytearray(pages * PS))
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "unix"])
+def test_a_failing_dirty_generator_stops_everything(transport: str) -> None:
+    """An exception from the dirty generator ends the migration with it, without hanging."""
+
+    def rounds() -> Iterator[list[int]]:
+        yield [0]
+        raise KeyError("guest crashed")
+
+    with pytest.raises(KeyError, match="guest crashed"):
+        migrate(
+            mz.RAMBlock(NAME, np.ones(8 * PS, np.uint8)),
+            bytearray_block(),
+            transport=transport,
+            dirty=rounds(),
+            timeout=T,
+        )
+
+
+def test_progress_reports_each_round() -> None:
+    """progress(round, queued, total) reaches total in every round."""
+    calls: list[tuple[int, int, int]] = []
+    ram = np.ones(300 * PS, dtype=np.uint8)
+    migrate(
+        mz.RAMBlock(NAME, ram),
+        bytearray_block(300),
+        page_count=64,
+        dirty=[list(range(0, 100 * PS, PS))],
+        progress=lambda *a: calls.append(a),
+    )
+    assert calls[-1] == (2, 100, 100)
+    assert [c for c in calls if c[0] == 1][-1] == (1, 300, 300)
+    assert [c[1] for c in calls if c[0] == 1] == [64, 128, 192, 256, 300]
+
+
+# ------------------------------------------------------------- refusals
+
+
+def test_arguments_are_checked() -> None:
+    """Bad arguments raise before anything starts."""
+    src = mz.RAMBlock(NAME, bytes(8 * PS))
+    with pytest.raises(ValueError, match="transport"):
+        migrate(src, transport="udp")
+    with pytest.raises(ValueError, match="channels"):
+        migrate(src, channels=0)
+    with pytest.raises(ValueError, match="channels"):
+        migrate(src, channels=256)
+    with pytest.raises(TypeError, match="channels"):
+        migrate(src, channels=2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="options"):
+        migrate(src, options="multifd")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="source"):
+        migrate(b"", None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="read-only"):
+        migrate(src, mz.RAMBlock(NAME, bytes(8 * PS)))
+    with pytest.raises(ValueError, match="page sizes"):
+        migrate(src, mz.RAMBlock(NAME, bytearray(8 * PS), 1024))
+    with pytest.raises(ValueError, match="page_count"):
+        migrate(src, page_count=0)
+    with pytest.raises(ValueError, match="timeout"):
+        migrate(src, timeout=0)
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "tcp"])
+def test_block_mismatch_is_refused_by_the_destination(transport: str) -> None:
+    """The destination checks MEM_SIZE: another name or size is a BlockError, nothing written."""
+    src = mz.RAMBlock(NAME, np.ones(8 * PS, np.uint8))
+    for dst in (mz.RAMBlock("vga.ram", bytearray(8 * PS)), bytearray_block(16)):
+        with pytest.raises(wire.BlockError):
+            migrate(src, dst, transport=transport, timeout=T)
+        assert not any(dst.host) and dst.receivedmap.count() == 0
+
+
+# ------------------------------------------- bad packets at a live destination
+
+
+class FakeSource:
+    """Drives a MigrationDestination over in-process channels with hand-made bytes."""
+
+    def __init__(self, channels: int = 2, page_count: int = 8) -> None:
+        self.uuid = bytes(range(16))
+        self.page_count = page_count
+        host = bytearray([SENTINEL]) * (64 * PS)
+        self.block = mz.RAMBlock(NAME, host, PS)
+        self.dest = MigrationDestination(
+            [self.block],
+            channels=channels,
+            options=mz.MigrationOptions(),
+            page_count=page_count,
+            uuid=self.uuid,
+            timeout=5,
+        )
+        pairs = [inprocess_pair(timeout=5) for _ in range(channels + 1)]
+        self.near: list[Channel] = [a for a, _ in pairs]
+        self.far: list[Channel] = [b for _, b in pairs]
+        self.outcome: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.outcome["report"] = self.dest.run(self.far)
+        except BaseException as exc:
+            self.outcome["error"] = exc
+
+    def start(self, handshake: bool = True) -> None:
+        """The main stream's setup and a round section; each channel's handshake."""
+        self.near[0].send(
+            [
+                ramstream.encode_file_header(),
+                ramstream.encode_section(ramstream.QEMU_VM_SECTION_START),
+                ramstream.encode_mem_size([(NAME, self.block.used_length)]),
+                ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS),
+                ramstream.encode_section(ramstream.QEMU_VM_SECTION_PART),
+            ]
+        )
+        if handshake:
+            for i, chan in enumerate(self.near[1:]):
+                chan.send([wire.encode_init(self.uuid, i)])
+
+    def packet(self, normal: list[int], zero: list[int], **fields: Any) -> bytearray:
+        """An encoded packet plus the normal pages' data (page p filled with byte p)."""
+        pkt = wire.RamPacket(
+            flags=fields.get("flags", 0),
+            pages_alloc=fields.get("pages_alloc", self.page_count),
+            normal_pages=len(normal),
+            zero_pages=len(zero),
+            next_packet_size=fields.get("next_packet_size", len(normal) * PS),
+            packet_num=1,
+            ramblock=fields.get("name", NAME),
+            offsets=np.array([p * PS for p in normal + zero], dtype=np.uint64),
+        )
+        data = b"".join(bytes([p % 256]) * PS for p in normal)
+        return bytearray(wire.encode_packet(pkt, self.page_count, data))
+
+    def finish(self) -> BaseException | None:
+        """Wait for the destination; return its error (None if it completed)."""
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        return self.outcome.get("error")
+
+
+def patch(raw: bytearray, off: int, value: int) -> bytearray:
+    """``raw`` with a big-endian u32 at ``off``."""
+    struct.pack_into(">I", raw, off, value)
+    return raw
+
+
+# Each: a function of the FakeSource giving the bytes to send, and the expected error.
+BAD = {
+    "magic": (lambda s: patch(s.packet([20, 21], [1]), 0, 0xDEADBEEF), wire.MagicError),
+    "version": (lambda s: patch(s.packet([20, 21], [1]), 4, 7), wire.VersionError),
+    "compression": (lambda s: s.packet([20, 21], [1], flags=2), wire.FlagsError),
+    "device-state": (lambda s: s.packet([20, 21], [1], flags=64), wire.FlagsError),
+    "pages_alloc": (lambda s: s.packet([20, 21], [1], pages_alloc=9), wire.CountError),
+    "normal_pages": (lambda s: patch(s.packet([20, 21], [1]), 16, 9), wire.CountError),
+    "zero_pages": (lambda s: patch(s.packet([20, 21], [1]), 32, 7), wire.CountError),
+    "unknown-block": (lambda s: s.packet([20, 21], [1], name="vga"), wire.BlockError),
+    "offset-range": (lambda s: s.packet([20, 64], [1]), wire.OffsetError),
+    "offset-alignment": (
+        lambda s: (
+            s.packet([20, 21], [1])[:320]
+            + struct.pack(">Q", 21 * PS + 1)
+            + s.packet([20, 21], [1])[328:]
+        ),
+        wire.OffsetError,
+    ),
+    "next_packet_size": (
+        lambda s: s.packet([20, 21], [1], next_packet_size=PS) + bytes(PS),
+        wire.SizeError,
+    ),
+    "reserved": (lambda s: patch(s.packet([20, 21], [1]), 40, 1), wire.ReservedError),
+    "truncated-header": (lambda s: s.packet([20, 21], [1])[:10], wire.TruncatedError),
+    "truncated-packet": (lambda s: s.packet([20, 21], [1])[:300], wire.TruncatedError),
+    "truncated-payload": (lambda s: s.packet([20, 21], [1])[:-1], wire.TruncatedError),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_packet_closes_the_channel_and_writes_nothing(kind: str) -> None:
+    """After a good packet, a bad one: its PacketError is raised, none of its pages (normal
+    or zero, even a zero page received before) is written or marked, every channel is closed."""
+    make, error = BAD[kind]
+    src = FakeSource()
+    src.start()
+    good = src.packet([1, 2], [3])  # page 1 received with data: a later zero would write it
+    src.near[1].send([good])
+    src.near[1].send([wire.encode_packet(wire.RamPacket(flags=1), src.page_count)])  # SYNC
+    src.near[2].send([wire.encode_packet(wire.RamPacket(flags=1), src.page_count)])
+    src.near[0].send([ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_MULTIFD_FLUSH)])
+    src.near[2].send([make(src)])
+    src.near[2].close()  # the end of the stream makes a truncation visible
+    exc = src.finish()
+    assert type(exc) is error and isinstance(exc, wire.PacketError)
+    out = np.frombuffer(src.block.host, dtype=np.uint8).reshape(-1, PS)
+    assert (out[1] == 1).all() and (out[2] == 2).all()  # the good packet was applied
+    assert (out[20] == SENTINEL).all() and (out[21] == SENTINEL).all()
+    assert (src.block.receivedmap.received_offsets() // PS).tolist() == [1, 2, 3]
+    assert all(chan.closed for chan in src.far)
+    for chan in src.near[:2]:  # the peers see the end of their streams
+        assert chan.recv_into(memoryview(bytearray(1))) == 0
+
+
+@pytest.mark.parametrize(
+    ("first_bytes", "error"),
+    [
+        (lambda s: wire.encode_init(bytes(16), 0), wire.HandshakeError),  # another migration
+        (lambda s: wire.encode_init(s.uuid, 2), wire.HandshakeError),  # id == channels
+        (lambda s: wire.encode_init(s.uuid, 0), wire.HandshakeError),  # id 0 twice
+        (lambda s: b"GARBAGE!", wire.MagicError),
+        (lambda s: ramstream.encode_file_header(), wire.HandshakeError),  # two mains
+    ],
+)
+def test_bad_connections_are_refused(first_bytes: Any, error: type[Exception]) -> None:
+    """Connections are told apart by their magic and handshakes are checked."""
+    src = FakeSource()
+    src.start(handshake=False)
+    src.near[1].send([wire.encode_init(src.uuid, 0)])
+    src.near[2].send([first_bytes(src)])
+    assert type(src.finish()) is error
+    assert all(chan.closed for chan in src.far)
+
+
+def test_bad_main_stream_record_stops_the_destination() -> None:
+    """A bad legacy zero record (offset past the block) is refused, the run not applied."""
+    src = FakeSource()
+    src.start()
+    offs = np.array([2 * PS, 64 * PS], dtype=np.uint64)
+    src.near[0].send([ramstream.encode_zero_records(NAME, offs, continued=False)])
+    assert type(src.finish()) is wire.OffsetError
+    assert (np.frombuffer(src.block.host, np.uint8) == SENTINEL).all()
+
+
+def test_channel_ending_before_sync_is_an_error() -> None:
+    """A channel that ends while the main thread waits for its SYNC: TruncatedError."""
+    src = FakeSource()
+    src.start()
+    src.near[1].send([wire.encode_packet(wire.RamPacket(flags=1), src.page_count)])
+    src.near[2].close()
+    src.near[0].send([ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_MULTIFD_FLUSH)])
+    assert type(src.finish()) is wire.TruncatedError
+
+
+def test_destination_without_source_times_out() -> None:
+    """Nobody connects: the destination gives up after its timeout."""
+    block = mz.RAMBlock(NAME, bytearray(8 * PS))
+    dest = MigrationDestination(
+        [block],
+        channels=1,
+        options=mz.MigrationOptions(),
+        page_count=8,
+        uuid=None,
+        timeout=0.2,
+    )
+    _, b = inprocess_pair(timeout=0.2)
+    _, d = inprocess_pair(timeout=0.2)
+    with pytest.raises(TimeoutError):
+        dest.run([b, d])
+    assert b.closed  # the connection it waited on (d was never accepted)
+
+
+def test_source_without_destination_times_out() -> None:
+    """Nobody reads: the source gives up after its timeout (every wait is bounded)."""
+    pairs = [inprocess_pair(timeout=0.3, capacity=1 << 16) for _ in range(2)]
+    sender = source.MigrationSource(
+        mz.RAMBlock(NAME, np.ones(256 * PS, np.uint8)),
+        pairs[0][0],
+        [pairs[1][0]],
+        options=mz.MigrationOptions(),
+        stats=mz.MigrationStats(),
+        page_count=16,
+        uuid=bytes(16),
+        timeout=0.3,
+    )
+    with pytest.raises(TimeoutError):
+        sender.run([np.arange(256, dtype=np.uint64) * np.uint64(PS)])
+    assert pairs[1][0].closed
+
+
+def test_doctests() -> None:
+    """The examples in the engine's, transport's, stats' and shm's docstrings pass."""
+    for module in (engine, transport, stats, shm):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0
