@@ -100,36 +100,49 @@ myst_heading_anchors = 3
 
 
 # -- local directives -------------------------------------------------------------
+def _help_texts() -> list[tuple[str, str]]:
+    """``[("", main help), (command, its help), ...]`` from the real argument parser."""
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width
+    try:
+        parser = cli.build_parser()
+        texts = [("", parser.format_help())]
+        for action in parser._actions:  # argparse keeps the sub-commands here
+            if isinstance(getattr(action, "choices", None), dict):
+                texts += [(name, sub.format_help()) for name, sub in action.choices.items()]
+        return texts
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
+
+
+def _literal(text: str) -> nodes.literal_block:
+    block = nodes.literal_block(text, text)
+    block["language"] = "text"
+    return block
+
+
 class CliHelp(SphinxDirective):
-    """``.. cli-help:: [COMMAND]``: the ``--help`` text of the command line, as built.
+    """``.. cli-help::`` the main ``--help`` text; ``.. cli-help:: all`` every command's.
 
     Generated from :func:`multifd_zero.cli.build_parser` at build time, so the
-    reference cannot drift from the code.
+    reference cannot drift from the code, and a new command appears by itself.
     """
 
     optional_arguments = 1
 
     def run(self) -> list[nodes.Node]:
-        saved = os.environ.get("COLUMNS")
-        os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width
-        try:
-            parser = cli.build_parser()
-            if self.arguments:
-                subparsers = [
-                    action.choices
-                    for action in parser._actions  # argparse keeps sub-commands here
-                    if isinstance(getattr(action, "choices", None), dict)
-                ]
-                parser = subparsers[0][self.arguments[0]]
-            text = parser.format_help()
-        finally:
-            if saved is None:
-                del os.environ["COLUMNS"]
-            else:
-                os.environ["COLUMNS"] = saved
-        block = nodes.literal_block(text, text)
-        block["language"] = "text"
-        return [block]
+        texts = _help_texts()
+        if not self.arguments:
+            return [_literal(texts[0][1])]
+        out: list[nodes.Node] = []
+        for name, text in texts[1:]:
+            title = f"multifd-zero {name}"
+            out.append(nodes.rubric("", "", nodes.literal(title, title)))
+            out.append(_literal(text))
+        return out
 
 
 def _check_api_complete(app: Sphinx, env: BuildEnvironment) -> None:
