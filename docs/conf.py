@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from docutils import nodes
+from docutils.nodes import Element
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
 from sphinx.util import logging
@@ -56,14 +57,26 @@ napoleon_use_rtype = False
 napoleon_preprocess_types = True
 napoleon_attr_annotations = True
 # Words the docstrings use as types that are not Python objects.
-napoleon_type_aliases = {"buffer": ":term:`buffer`"}
+napoleon_type_aliases = {
+    "buffer": ":term:`buffer`",
+    "writable buffer": ":term:`writable buffer <buffer>`",
+    "NOCOMP": "``NOCOMP``",
+}
 
 # -- doctest ------------------------------------------------------------------
 # Docstring examples name the public API without importing it.
+# The submodules' examples are written in their own namespaces (as pytest's
+# --doctest-modules runs them); their public names are all in reach here.
 doctest_global_setup = """
+import os
 import numpy as np
 from multifd_zero import *
-from multifd_zero import ReceivedMap
+from multifd_zero.wire import *
+from multifd_zero.ramstream import *
+from multifd_zero.transport import *
+from multifd_zero.source import *
+from multifd_zero.destination import *
+from multifd_zero.shm import *
 """
 doctest_test_doctest_blocks = "default"
 
@@ -81,6 +94,9 @@ nitpick_ignore_regex = [
     (r"py:class", r"(multifd_zero\.)?(ramblock\.)?ReleaseCallback"),
     # numpydoc type phrases napoleon splits into words.
     (r"py:class", r"callable|sequence|numpy integer array|tuple of numpy\.ndarray"),
+    (r"py:class", r"iterable|array-like|mapping|file-like|path-like"),
+    # The standard library, without intersphinx.
+    (r"py:(class|exc|func|meth|mod|data|attr)", r"(socket|threading|subprocess|os|io)(\..*)?"),
     (r"py:obj", r"True|False"),
     (r"py:class", r"\(normal, zero\)"),
 ]
@@ -153,9 +169,57 @@ def _check_api_complete(app: Sphinx, env: BuildEnvironment) -> None:
             logger.warning("multifd_zero.%s is public but not documented in api.rst", name)
 
 
+def _keep_property_first_line(
+    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """Stop napoleon from reading "Text: more text" in a property docstring as "type: text".
+
+    Napoleon treats the first line of an attribute or property docstring as
+    ``type: description`` when it has a colon. The docstrings here never use
+    that form; an empty type in front keeps the line as written. Runs before
+    napoleon (lower priority number).
+    """
+    if what in {"attribute", "property", "data"} and lines and ":" in lines[0]:
+        lines[0] = ": " + lines[0]
+
+
+def _resolve_short_names(
+    app: Sphinx, env: BuildEnvironment, node: Element, contnode: Element
+) -> Element | None:
+    """Resolve a Python reference the domain missed to the one documented object it names.
+
+    Docstrings inside a submodule say ``RAMBlock`` or ``Channel`` (names of their
+    own module's namespace) and ``multifd_zero.engine.migrate`` (where a name is
+    defined, not where it is documented). A reference that finds nothing is
+    retried with the documented ``multifd_zero.NAME`` if there is one, else with
+    the only documented object whose name ends in ``.NAME``. A name that is
+    documented nowhere, or twice, still warns.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    domain = env.get_domain("py")
+    target = node["reftarget"].lstrip("~.")
+    short = target.rsplit(".", 1)[-1]
+    if target != short and not target.startswith("multifd_zero."):
+        return None
+    objects = domain.objects  # type: ignore[attr-defined]
+    if f"multifd_zero.{short}" in objects:
+        full = f"multifd_zero.{short}"
+    else:
+        found = [name for name in objects if name.endswith(f".{short}")]
+        if len(found) != 1:
+            return None
+        full = found[0]
+    return domain.resolve_xref(  # type: ignore[no-any-return]
+        env, node["refdoc"], app.builder, node["reftype"], full, node, contnode
+    )
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("cli-help", CliHelp)
+    app.connect("autodoc-process-docstring", _keep_property_first_line, priority=400)
     app.connect("env-check-consistency", _check_api_complete)
+    app.connect("missing-reference", _resolve_short_names)
     return {"parallel_read_safe": True}
 
 
