@@ -27,10 +27,11 @@ import numpy.typing as npt
 
 from . import _kernels
 from .demo import make_guest_ram
-from .engine import MigrationResult, migrate
+from .engine import MigrationError, MigrationResult, migrate
 from .options import MigrationOptions, ZeroPageDetection
 from .ramblock import RAMBlock
 from .transport import TRANSPORTS
+from .wire import PacketError
 
 __all__ = ["register", "run"]
 
@@ -208,8 +209,16 @@ def _print(data: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the ``migrate`` command; return the exit status."""
-    memory, ram = _load_source(args)
+    """Run the ``migrate`` command; return the exit status.
+
+    0: the destination's hash equals the source's; 1: it does not, or the
+    migration failed (the reason goes to stderr); 2: the source cannot be used.
+    """
+    try:
+        memory, ram = _load_source(args)
+    except (OSError, ValueError) as exc:
+        print(f"multifd-zero migrate: error: {exc}", file=sys.stderr)
+        return 2
     block = RAMBlock("pc.ram", memory, args.page_size)
     options = MigrationOptions(
         zero_page_detection=args.zero_page_detection, postcopy_ram=args.postcopy_ram
@@ -229,6 +238,11 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             checksum=True,
         )
+    except (PacketError, MigrationError, OSError) as exc:
+        print(
+            f"multifd-zero migrate: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return 1
     finally:
         if bar is not None:
             bar.close()

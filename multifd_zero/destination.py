@@ -134,7 +134,9 @@ class _Receiver:
     def _one_packet(self) -> bool:
         owner = self.owner
         head = self.packet[:HEADER_SIZE]
-        if not self.channel.recv_exact(head, what="a packet header", eof_ok=True):
+        if not self.channel.recv_exact(
+            head, what="a packet header", eof_ok=True, keep_waiting=owner.keep_waiting
+        ):
             return False
         check_header(head)
         self.channel.recv_exact(self.packet[HEADER_SIZE:], what="a packet")
@@ -157,6 +159,7 @@ class _Receiver:
             report.normal_pages += pkt.normal_pages
             report.zero_pages += pkt.zero_pages
         report.packets += 1
+        owner.progress_at = time.monotonic()
         if pkt.sync:
             report.sync_packets += 1
             self.synced.release()
@@ -216,7 +219,19 @@ class MigrationDestination:
         self.timeout = timeout
         self.failure = Failure()
         self.report = DestinationReport()
+        self.progress_at = time.monotonic()
         self._receivers: list[_Receiver] = []
+
+    def keep_waiting(self) -> bool:
+        """Whether an idle channel should wait on: the migration moved within ``timeout``.
+
+        A channel may stay idle for long (a legacy round of zero pages sends
+        nothing on the multifd channels, a multifd round nothing on the main
+        channel); it is not an error as long as another channel makes progress.
+        """
+        if self.failure.event.is_set():
+            return False
+        return time.monotonic() - self.progress_at < self.timeout
 
     # -- connections
 
@@ -295,6 +310,7 @@ class MigrationDestination:
     def _round(self, reader: RamStreamReader) -> None:
         while True:  # one pass per record; the stream is finite and every read is bounded
             record = reader.read_record()
+            self.progress_at = time.monotonic()
             if isinstance(record, ZeroRun):
                 block = self.blocks[record.idstr]
                 self.report.zero_pages_written += recv_legacy_zero_pages(block, record.offsets)
@@ -330,7 +346,9 @@ class MigrationDestination:
         try:
             main, multifd = self._classify(accept)
             self._receivers = [_Receiver(i, multifd[i], self) for i in sorted(multifd)]
-            reader = RamStreamReader(main, page_size=self.page_size, blocks=self.lengths)
+            reader = RamStreamReader(
+                main, page_size=self.page_size, blocks=self.lengths, keep_waiting=self.keep_waiting
+            )
             # The channels are read only once the blocks are known to match, so a
             # mismatched destination is refused before any page is written.
             self._setup(reader)

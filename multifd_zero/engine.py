@@ -187,7 +187,12 @@ def migrate(
         ``progress(round, pages_queued, pages_in_round)``, called by the
         queueing thread after each batch.
     timeout : float, default 60
-        Seconds any single wait (send, receive, accept, sync) may last.
+        Seconds a wait (send, receive, accept, sync) may last while nothing
+        moves. A channel that is idle while others work (the multifd channels
+        during a legacy round of zero pages, the main channel during a
+        multifd round) waits on as long as the migration made progress within
+        ``timeout``. The dirty generator's own work between rounds counts as
+        no progress, so it must take less than ``timeout``.
     checksum : bool, default False
         Hash the destination memory at the end, where it lives.
 
@@ -461,14 +466,15 @@ def _raise_first(
 ) -> None:
     """Raise the root cause of a failed migration.
 
-    A transport error or an abort on the source is what the destination's
+    A broken connection or an abort on the source is what the destination's
     failure (which closes every channel) looks like from there, so the
     destination's error wins then; any other source error (a bad dirty set,
-    say) came first and wins.
+    a timeout of its own) came first and wins.
     """
-    if destination_error is None or (
-        source_error is not None and not isinstance(source_error, (OSError, MigrationAbortedError))
-    ):
+    consequence = isinstance(source_error, (ConnectionError, MigrationAbortedError)) or (
+        type(source_error) is OSError  # a send on a channel closed under it
+    )
+    if destination_error is None or (source_error is not None and not consequence):
         if source_error is not None:
             raise source_error
         return

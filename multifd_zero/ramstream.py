@@ -28,7 +28,7 @@ over the buffered stream), not page by page in Python.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,6 +190,9 @@ class RamStreamReader:
     blocks : mapping of str to int
         ``used_length`` of each block the destination has.
     magic_read : bool, default True
+    keep_waiting : callable, optional
+        Asked when a receive times out: True waits the channel's ``timeout``
+        more (the main channel is idle while the multifd channels work).
 
     All errors are :class:`~multifd_zero.wire.PacketError` subclasses; a run
     of zero records is checked completely before it is returned.
@@ -202,6 +205,7 @@ class RamStreamReader:
         page_size: int,
         blocks: Mapping[str, int],
         magic_read: bool = True,
+        keep_waiting: Callable[[], bool] | None = None,
     ) -> None:
         self._channel = channel
         self._page_size = page_size
@@ -213,6 +217,7 @@ class RamStreamReader:
         self._end = 0
         self._last_block: str | None = None
         self._magic_read = magic_read
+        self._keep_waiting = keep_waiting
         self.bytes_read = 4 if magic_read else 0
 
     # -- buffering
@@ -227,8 +232,13 @@ class RamStreamReader:
             left = self._end - self._start
             self._view[:left] = self._view[self._start : self._end]
             self._start, self._end = 0, left
-        while self._end < need:  # each pass reads at least one byte, or ends
-            count = self._channel.recv_into(self._view[self._end :])
+        while self._end < need:  # each pass reads a byte, ends, or waits while told to
+            try:
+                count = self._channel.recv_into(self._view[self._end :])
+            except TimeoutError:
+                if self._keep_waiting is not None and self._keep_waiting():
+                    continue
+                raise
             if count == 0:
                 if self._end == 0:
                     return False

@@ -25,8 +25,8 @@ As in QEMU (``ram_save_target_page``, ``multifd_queue_page``,
 
 from __future__ import annotations
 
+import collections
 import itertools
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -65,7 +65,8 @@ ProgressCallback = Callable[[int, int, int], object]
 
 _SYNC = "sync"
 _STOP = "stop"
-_QUEUE_DEPTH = 2
+_EMPTY = "empty"
+_QUEUE_DEPTH = 4
 
 
 @dataclass
@@ -85,6 +86,53 @@ class SourceReport:
     rounds: int = 0
     pages_queued: int = 0
     batches: int = 0
+
+
+class _WorkQueue:
+    """The hand-off between the queueing thread and one sender channel: a bounded FIFO.
+
+    Like ``queue.Queue(maxsize)`` but a side is woken only when it waits: a
+    wake-up is a futex call made while holding the GIL, and there is one per
+    batch otherwise.
+    """
+
+    def __init__(self, depth: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items: collections.deque[Any] = collections.deque()
+        self._depth = depth
+        self._getter_waits = False
+        self._putter_waits = False
+
+    def put(self, item: Any, timeout: float | None = None) -> bool:
+        """Append ``item``; wait up to ``timeout`` for room (None: do not wait). False if full."""
+        with self._cond:
+            if len(self._items) >= self._depth:
+                if timeout is None:
+                    return False
+                self._putter_waits = True
+                self._cond.wait(timeout)
+                self._putter_waits = False
+                if len(self._items) >= self._depth:
+                    return False
+            self._items.append(item)
+            if self._getter_waits:
+                self._cond.notify()
+            return True
+
+    def get(self, timeout: float) -> Any:
+        """Take the oldest item, waiting up to ``timeout``; ``_EMPTY`` if none came."""
+        with self._cond:
+            if not self._items:
+                self._getter_waits = True
+                self._cond.wait(timeout)
+                self._getter_waits = False
+                if not self._items:
+                    return _EMPTY
+            item = self._items.popleft()
+            # A waiting producer is woken once the queue is half empty, not per item.
+            if self._putter_waits and len(self._items) <= self._depth // 2:
+                self._cond.notify()
+            return item
 
 
 class _Counter:
@@ -115,7 +163,9 @@ class _Sender:
         counter: _Counter,
         failure: Failure,
         timeout: float,
+        owner: MigrationSource,
     ) -> None:
+        self.owner = owner
         self.index = index
         self.channel = channel
         self.block = block
@@ -126,7 +176,7 @@ class _Sender:
         self.counter = counter
         self.failure = failure
         self.timeout = timeout
-        self.work: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self.work = _WorkQueue(_QUEUE_DEPTH)
         self.synced = threading.Semaphore(0)
         self.packet = bytearray(packet_len(page_count))
         self.payload = memoryview(bytearray(page_count * block.page_size))
@@ -134,16 +184,17 @@ class _Sender:
         self.thread = threading.Thread(target=self._run, name=f"multifd-send-{index}", daemon=True)
 
     def _next_item(self) -> Any:
-        deadline = time.monotonic() + self.timeout
-        while True:  # bounded by the deadline
-            try:
-                return self.work.get(timeout=POLL)
-            except queue.Empty:
-                self.failure.check()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"sender channel {self.index} had no work for {self.timeout} s"
-                    ) from None
+        # A channel may get no work for long (a legacy round of zero pages); it
+        # waits as long as the queueing thread moved within the last timeout.
+        while True:  # bounded: ends on work, on failure, or timeout after the last progress
+            item = self.work.get(POLL)
+            if item is not _EMPTY:
+                return item
+            self.failure.check()
+            if time.monotonic() - self.owner.progress_at > self.timeout:
+                raise TimeoutError(
+                    f"sender channel {self.index}: no progress for {self.timeout} s"
+                )
 
     def _run(self) -> None:
         try:
@@ -245,6 +296,7 @@ class MigrationSource:
         self.timeout = timeout
         self.progress = progress
         self.report = SourceReport()
+        self.progress_at = time.monotonic()
         self.failure = Failure([main, *channels])
         counter = _Counter()
         self.senders = [
@@ -259,6 +311,7 @@ class MigrationSource:
                 counter=counter,
                 failure=self.failure,
                 timeout=timeout,
+                owner=self,
             )
             for i, channel in enumerate(channels)
         ]
@@ -272,6 +325,7 @@ class MigrationSource:
 
     def _main_send(self, *parts: bytes) -> None:
         self.stats.add_bytes(qemu_file=self.main.send(parts))
+        self.progress_at = time.monotonic()
 
     # -- batches
 
@@ -280,30 +334,28 @@ class MigrationSource:
         count = len(self.senders)
         for step in range(count):
             index = (self._next_channel + step) % count
-            try:
-                self.senders[index].work.put_nowait(batch)
-            except queue.Full:
+            if not self.senders[index].work.put(batch):
                 continue
             self._next_channel = (index + 1) % count
             self.report.batches += 1
+            self.progress_at = time.monotonic()
             return
         index = self._next_channel
         self._put(self.senders[index], batch)
         self._next_channel = (index + 1) % count
         self.report.batches += 1
+        self.progress_at = time.monotonic()
 
     def _put(self, sender: _Sender, item: Any) -> None:
         deadline = time.monotonic() + self.timeout
         while True:  # bounded by the deadline
             self.failure.check()
-            try:
-                sender.work.put(item, timeout=POLL)
+            if sender.work.put(item, POLL):
                 return
-            except queue.Full:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"sender channel {sender.index} took no work for {self.timeout} s"
-                    ) from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"sender channel {sender.index} took no work for {self.timeout} s"
+                )
 
     def _queue_normal(self, normal: OffsetArray) -> None:
         """Legacy mode: add non-zero pages to the partial batch; send it when full."""

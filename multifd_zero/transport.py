@@ -30,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -105,7 +105,14 @@ class Channel(abc.ABC):
     def closed(self) -> bool:
         """True once :meth:`close` has run."""
 
-    def recv_exact(self, view: memoryview, *, what: str = "data", eof_ok: bool = False) -> bool:
+    def recv_exact(
+        self,
+        view: memoryview,
+        *,
+        what: str = "data",
+        eof_ok: bool = False,
+        keep_waiting: Callable[[], bool] | None = None,
+    ) -> bool:
         """Fill ``view`` completely.
 
         Parameters
@@ -117,6 +124,10 @@ class Channel(abc.ABC):
         eof_ok : bool, default False
             Return False instead of raising when the stream ends before the
             first byte (a clean end between packets).
+        keep_waiting : callable, optional
+            Asked when a receive times out before the first byte: True waits
+            ``timeout`` more (the peer is idle but the migration moves on
+            elsewhere), False lets the ``TimeoutError`` through.
 
         Returns
         -------
@@ -130,8 +141,13 @@ class Channel(abc.ABC):
         """
         size = view.nbytes
         got = 0
-        while got < size:  # each pass reads at least one byte, or ends
-            count = self.recv_into(view[got:])
+        while got < size:  # each pass reads a byte, ends, or waits while keep_waiting says so
+            try:
+                count = self.recv_into(view[got:])
+            except TimeoutError:
+                if got == 0 and keep_waiting is not None and keep_waiting():
+                    continue
+                raise
             if count == 0:
                 if got == 0 and eof_ok:
                     return False
@@ -150,24 +166,33 @@ class Channel(abc.ABC):
 
 
 class _Pipe:
-    """One direction of an in-process channel: a bounded FIFO of byte chunks."""
+    """One direction of an in-process channel: a bounded FIFO of byte chunks.
+
+    One writer thread and one reader thread. Data is copied into private
+    chunks under no lock and out of them under no lock; the lock only guards
+    the queue, and a side is woken only when it waits (a wake-up costs a
+    futex call while holding the GIL).
+    """
 
     def __init__(self, capacity: int) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._chunks: collections.deque[npt.NDArray[np.uint8]] = collections.deque()
         self._pos = 0
         self._buffered = 0
         self._capacity = capacity
+        self._reader_waits = False
+        self._writer_waits = False
         self.writer_closed = False
         self.reader_closed = False
 
     def write(self, parts: Sequence[Any], timeout: float) -> int:
         chunks = []
+        total = 0
         for part in parts:
             data = np.frombuffer(part, dtype=np.uint8)
             if data.size:
                 chunks.append(data.copy())
-        total = sum(int(c.size) for c in chunks)
+                total += int(data.size)
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -180,15 +205,20 @@ class _Pipe:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"send blocked for {timeout} s (peer not reading)")
+                self._writer_waits = True
                 self._cond.wait(left)
+                self._writer_waits = False
             self._chunks.extend(chunks)
             self._buffered += total
-            self._cond.notify_all()
+            if self._reader_waits:
+                self._cond.notify()
         return total
 
     def read_into(self, view: memoryview, timeout: float) -> int:
         out = np.frombuffer(view, dtype=np.uint8)
+        want = int(out.size)
         deadline = time.monotonic() + timeout
+        pieces = []
         with self._cond:
             while not self._chunks:
                 if self.reader_closed:
@@ -198,19 +228,25 @@ class _Pipe:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"receive waited {timeout} s for data")
+                self._reader_waits = True
                 self._cond.wait(left)
+                self._reader_waits = False
             got = 0
-            while self._chunks and got < out.size:
+            while self._chunks and got < want:
                 chunk = self._chunks[0]
-                take = min(int(chunk.size) - self._pos, int(out.size) - got)
-                out[got : got + take] = chunk[self._pos : self._pos + take]
+                take = min(int(chunk.size) - self._pos, want - got)
+                pieces.append((got, chunk, self._pos, take))
                 got += take
                 self._pos += take
                 if self._pos == chunk.size:
                     self._chunks.popleft()
                     self._pos = 0
             self._buffered -= got
-            self._cond.notify_all()
+            if self._writer_waits:
+                self._cond.notify()
+        # Chunks are never changed once queued, and there is one reader: copy unlocked.
+        for at, chunk, pos, take in pieces:
+            out[at : at + take] = chunk[pos : pos + take]
         return got
 
     def close_writer(self) -> None:

@@ -69,8 +69,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -209,13 +209,12 @@ def packet_len(page_count: int) -> int:
     return PACKET_FIXED_SIZE + 8 * page_count
 
 
-def _empty_offsets() -> OffsetArray:
-    return np.zeros(0, dtype=np.uint64)
+_NO_OFFSETS: OffsetArray = np.zeros(0, dtype=np.uint64)
+_NO_OFFSETS.flags.writeable = False
 
 
-@dataclass(frozen=True, eq=False)
-class RamPacket:
-    """The fields of one decoded (or to be encoded) RAM packet.
+class RamPacket(NamedTuple):
+    """The fields of one decoded (or to be encoded) RAM packet (an immutable named tuple).
 
     Parameters
     ----------
@@ -242,7 +241,7 @@ class RamPacket:
     next_packet_size: int = 0
     packet_num: int = 0
     ramblock: str = ""
-    offsets: OffsetArray = field(default_factory=_empty_offsets)
+    offsets: OffsetArray = _NO_OFFSETS
 
     @property
     def normal(self) -> OffsetArray:
@@ -261,6 +260,8 @@ class RamPacket:
 
 
 def _check_uint(name: str, value: object, limit: int) -> int:
+    if type(value) is int and 0 <= value <= limit:  # the common case, quickly
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     number = int(value)
@@ -515,16 +516,15 @@ def _check_packet_offsets(
     offsets: OffsetArray, name: str, used_length: int, page_size: int
 ) -> None:
     last = used_length - page_size
-    outside = np.flatnonzero(offsets > np.uint64(last)) if last >= 0 else np.arange(offsets.size)
-    if outside.size:
-        i = int(outside[0])
+    # One reduction each on the good path; the index search only to report an error.
+    if last < 0 or int(np.maximum.reduce(offsets)) > last:
+        i = int(np.flatnonzero(offsets > np.uint64(max(last, 0)))[0]) if last >= 0 else 0
         raise OffsetError(
             f"offset[{i}] = {int(offsets[i])} is past the last page of {name!r} "
             f"({used_length} bytes)"
         )
-    misaligned = np.flatnonzero(offsets & np.uint64(page_size - 1))
-    if misaligned.size:
-        i = int(misaligned[0])
+    if int(np.bitwise_or.reduce(offsets)) & (page_size - 1):
+        i = int(np.flatnonzero(offsets & np.uint64(page_size - 1))[0])
         raise OffsetError(
             f"offset[{i}] = {int(offsets[i])} is not a multiple of page_size {page_size}"
         )

@@ -14,10 +14,15 @@ from __future__ import annotations
 import ctypes
 import doctest
 import hashlib
+import json
 import math
 import mmap
+import os
 import struct
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -611,3 +616,152 @@ def test_doctests() -> None:
     for module in (engine, transport, stats, shm):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0
+
+
+# ------------------------------------------------------------ the migrate command
+
+
+def run_cli(args: list[str], cwd: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m multifd_zero ARGS`` from ``cwd`` (outside the checkout), bounded in time."""
+    env = {k: v for k, v in os.environ.items() if k != "MULTIFD_ZERO_SIMD"}
+    return subprocess.run(
+        [sys.executable, "-m", "multifd_zero", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    ("transport", "mode", "channels"),
+    [("tcp", "multifd", 2), ("unix", "legacy", 3), ("inprocess", "none", 1), ("tcp", "legacy", 4)],
+)
+def test_migrate_command_json(tmp_path: Any, transport: str, mode: str, channels: int) -> None:
+    """The command migrates with dirty rounds, verifies by hash and reports query-migrate names."""
+    proc = run_cli(
+        [
+            "migrate",
+            "--size-mib",
+            "4",
+            "--transport",
+            transport,
+            "--channels",
+            str(channels),
+            "--zero-page-detection",
+            mode,
+            "--rounds",
+            "3",
+            "--dirty-ratio",
+            "0.1",
+            "--json",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["verified"] is True and data["source_sha256"] == data["destination_sha256"]
+    assert (data["transport"], data["channels"], data["rounds"]) == (transport, channels, 3)
+    ram = data["ram"]
+    for key in (
+        "normal",
+        "duplicate",
+        "normal-bytes",
+        "transferred",
+        "multifd-bytes",
+        "pages-per-second",
+    ):
+        assert key in ram
+    assert ram["normal"] + ram["duplicate"] == data["pages_sent"] > 1024
+    assert ram["dirty-sync-count"] == 3
+    if mode == "none":
+        assert ram["duplicate"] == 0
+
+
+def test_migrate_command_from_an_image(tmp_path: Any) -> None:
+    """--image: a RAM image file is migrated (dirty rounds change a private copy, not the file)."""
+    image = tmp_path / "guest.ram"
+    data = np.zeros(256 * PS, dtype=np.uint8)
+    data[:: PS * 3] = 7
+    image.write_bytes(data.tobytes())
+    proc = run_cli(["migrate", "--image", str(image), "--rounds", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: OK" in proc.stdout and "duplicate:" in proc.stdout
+    assert "GB/s" in proc.stdout
+    assert image.read_bytes() == data.tobytes()
+    bad = tmp_path / "odd.ram"
+    bad.write_bytes(b"x" * 5000)
+    proc = run_cli(["migrate", "--image", str(bad)], tmp_path)
+    assert proc.returncode == 2 and "multiple of the page size" in proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_migrate_command_progress_bar(tmp_path: Any) -> None:
+    """A tqdm bar on a terminal's stderr; none with --no-progress or when not a TTY."""
+    import fcntl  # POSIX only, like the pseudo-terminal
+    import termios
+
+    leader, follower = os.openpty()
+    # A terminal of 24 x 120 (a fresh pty is 0 x 0, where tqdm draws nothing).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "multifd_zero", "migrate", "--size-mib", "16", "--rounds", "2"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0
+        os.set_blocking(leader, False)
+        output = b""
+        for _ in range(1000):  # bounded: drain what the bar wrote
+            try:
+                chunk = os.read(leader, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert b"round 1" in output and b"page" in output
+    quiet = run_cli(["migrate", "--size-mib", "4", "--rounds", "1"], tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_idle_channels_wait_while_the_migration_moves() -> None:
+    """Legacy detection on all-zero memory sends nothing on the multifd channels for a whole
+    round, longer than the timeout: they wait, because the main channel makes progress."""
+    ram = np.zeros(128 * 64 * PS, dtype=np.uint8)  # 64 batches of 128 zero pages
+    start = time.monotonic()
+    result = migrate(
+        mz.RAMBlock(NAME, ram),
+        channels=2,
+        options=mz.MigrationOptions(zero_page_detection=mz.ZeroPageDetection.LEGACY),
+        progress=lambda *_: time.sleep(0.02),  # a slow queueing thread: about 1.3 s a round
+        timeout=0.5,
+    )
+    assert time.monotonic() - start > 1.0
+    assert result.ram["duplicate"] == 128 * 64 and result.destination.packets == 2  # SYNCs
+
+
+def test_a_stalled_source_times_out() -> None:
+    """Nothing moves for longer than the timeout (a dirty generator that hangs): TimeoutError."""
+
+    def rounds() -> Iterator[list[int]]:
+        time.sleep(1.0)
+        yield [0]
+
+    with pytest.raises(TimeoutError):
+        migrate(
+            mz.RAMBlock(NAME, np.ones(8 * PS, np.uint8)),
+            bytearray_block(),
+            dirty=rounds(),
+            timeout=0.3,
+        )
