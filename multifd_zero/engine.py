@@ -41,6 +41,7 @@ from .transport import TRANSPORTS, Channel, connect, inprocess_pair
 __all__ = ["MigrationAbortedError", "MigrationError", "MigrationResult", "migrate"]
 
 _MAX_CHANNELS = 255
+_MAX_PACKET_BYTES = 64 << 20  # payload of one packet; QEMU's is 512 KiB
 
 
 @dataclass
@@ -177,6 +178,7 @@ def migrate(
     page_count : int, optional
         Pages per batch and offset slots per packet. Default: QEMU's
         ``multifd_ram_page_count()`` for the page size (128 for 4 KiB pages).
+        At most 64 MiB of pages per packet.
     transport : {"inprocess", "tcp", "unix"}, default "inprocess"
     dirty : iterable of array-like, optional
         One item per round after the first: the byte offsets of the pages to
@@ -236,6 +238,11 @@ def migrate(
         if page_count is None
         else _check_int("page_count", page_count, 1, 1 << 20)
     )
+    if page_count * source.page_size > _MAX_PACKET_BYTES:
+        raise ValueError(
+            f"page_count {page_count} of {source.page_size}-byte pages makes packets of more "
+            f"than {_MAX_PACKET_BYTES >> 20} MiB"
+        )
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
     if progress is not None and not callable(progress):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _kernels
 from ._offsets import OffsetArray
 from .transport import Channel
 from .wire import BlockError, FlagsError, MagicError, OffsetError, TruncatedError, VersionError
@@ -179,6 +180,9 @@ class MemSize:
 class RamStreamReader:
     """Reads the main stream from a channel, a buffer at a time.
 
+    All errors are :class:`~multifd_zero.wire.PacketError` subclasses; a run
+    of zero records is checked completely before it is returned.
+
     Parameters
     ----------
     channel : Channel
@@ -190,12 +194,10 @@ class RamStreamReader:
     blocks : mapping of str to int
         ``used_length`` of each block the destination has.
     magic_read : bool, default True
+        Whether the caller has already read the ``QEVM`` magic.
     keep_waiting : callable, optional
         Asked when a receive times out: True waits the channel's ``timeout``
         more (the main channel is idle while the multifd channels work).
-
-    All errors are :class:`~multifd_zero.wire.PacketError` subclasses; a run
-    of zero records is checked completely before it is returned.
     """
 
     def __init__(
@@ -208,6 +210,7 @@ class RamStreamReader:
         keep_waiting: Callable[[], bool] | None = None,
     ) -> None:
         self._channel = channel
+        page_size = _kernels.check_page_size(page_size)
         self._page_size = page_size
         self._flag_mask = page_size - 1
         self._blocks = dict(blocks)

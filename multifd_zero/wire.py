@@ -74,7 +74,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._offsets import OffsetArray
+from . import _kernels
+from ._offsets import OffsetArray, as_offsets
 
 __all__ = [
     "HANDSHAKE_SIZE",
@@ -271,8 +272,21 @@ def _check_uint(name: str, value: object, limit: int) -> int:
 
 
 def encode_name(ramblock: str | bytes) -> bytes:
-    """Return the 256-byte block name field for ``ramblock`` (NUL-padded)."""
-    raw = ramblock.encode("utf-8") if isinstance(ramblock, str) else bytes(ramblock)
+    """Return the 256-byte block name field for ``ramblock`` (NUL-padded).
+
+    Raises
+    ------
+    TypeError
+        ``ramblock`` is neither text nor bytes.
+    ValueError
+        More than 255 bytes (as UTF-8), or a NUL inside.
+    """
+    if isinstance(ramblock, str):
+        raw = ramblock.encode("utf-8")
+    elif isinstance(ramblock, (bytes, bytearray, memoryview)):
+        raw = bytes(ramblock)
+    else:
+        raise TypeError(f"a block name must be str or bytes, not {type(ramblock).__name__}")
     if len(raw) > RAMBLOCK_NAME_SIZE - 1 or b"\0" in raw:
         raise ValueError(f"a block name must be at most 255 bytes without NUL, got {raw!r}")
     return raw.ljust(RAMBLOCK_NAME_SIZE, b"\0")
@@ -329,6 +343,8 @@ def fill_packet(
     view = memoryview(buf).cast("B")
     if view.nbytes < size:
         raise ValueError(f"buf holds {view.nbytes} bytes, a packet needs {size}")
+    if type(offsets) is not np.ndarray or offsets.dtype != np.uint64 or offsets.ndim != 1:
+        offsets = as_offsets(offsets)  # checked and converted (TypeError, ValueError)
     num = int(offsets.size)
     if num > page_count:
         raise ValueError(f"{num} offsets do not fit {page_count} slots")
@@ -376,9 +392,12 @@ def encode_packet(packet: RamPacket, page_count: int, payload: Any = b"") -> byt
     >>> len(raw), raw[:4].hex(), raw[64:71]
     (4448, '11223344', b'pc.ram\\x00')
     """
-    if packet.offsets.size != packet.normal_pages + packet.zero_pages:
+    offsets = as_offsets(packet.offsets)
+    if offsets.size != _check_uint("normal_pages", packet.normal_pages, _U32) + _check_uint(
+        "zero_pages", packet.zero_pages, _U32
+    ):
         raise ValueError(
-            f"{packet.offsets.size} offsets, but normal_pages + zero_pages = "
+            f"{offsets.size} offsets, but normal_pages + zero_pages = "
             f"{packet.normal_pages + packet.zero_pages}"
         )
     size = packet_len(page_count)
@@ -387,7 +406,7 @@ def encode_packet(packet: RamPacket, page_count: int, payload: Any = b"") -> byt
     fill_packet(
         out,
         page_count,
-        offsets=np.ascontiguousarray(packet.offsets, dtype=np.uint64),
+        offsets=offsets,
         normal_pages=packet.normal_pages,
         ramblock=packet.ramblock,
         packet_num=packet.packet_num,
@@ -468,6 +487,9 @@ def decode_packet(
     multifd_zero.wire.OffsetError: offset[0] = 4096 is past the last page of 'pc.ram' (4096 bytes)
     """
     size = packet_len(page_count)
+    page_size = _kernels.check_page_size(page_size)
+    if not isinstance(blocks, Mapping):
+        raise TypeError(f"blocks must be a mapping of names to sizes, not {type(blocks).__name__}")
     view = memoryview(buf).cast("B")
     if view.nbytes < size:
         raise TruncatedError(
@@ -505,6 +527,8 @@ def decode_packet(
     used_length = blocks.get(name)
     if used_length is None:
         raise BlockError(f"unknown RAM block {name!r}")
+    if isinstance(used_length, bool) or not isinstance(used_length, int):
+        raise TypeError(f"the size of block {name!r} must be an int")
     offsets = np.frombuffer(view, dtype=_BE64, count=num, offset=PACKET_FIXED_SIZE).astype(
         np.uint64
     )
