@@ -108,7 +108,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--dirty-ratio", type=_ratio, default=0.05, help="share of pages dirtied per round"
     )
     mig.add_argument(
-        "--timeout", type=_seconds, default=60.0, help="seconds any single wait may last"
+        "--timeout", type=_seconds, default=60.0, help="seconds without progress before giving up"
     )
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _kernels
 from ._failure import MigrationAbortedError, MigrationError
 from ._offsets import OffsetArray, as_offsets, check_offsets
 from .destination import DestinationReport, MigrationDestination
@@ -411,6 +412,7 @@ class _Run:
                     "release_ram": self.options.release_ram,
                 },
                 "uuid": self.uuid.hex(),
+                "simd": _kernels.get_simd(),
                 "timeout": self.timeout,
                 "checksum": checksum,
             }

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from . import wire
+from . import _kernels, wire
 from ._failure import MigrationError
 from .destination import MigrationDestination
 from .options import MigrationOptions
@@ -183,6 +183,8 @@ def _memory(config: dict[str, Any]) -> mmap.mmap:
 
 def run_child(config: dict[str, Any]) -> None:
     """The child's work, given the settings; reports through stdout."""
+    if config.get("simd"):
+        _kernels.set_simd(config["simd"])  # the parent's zero-check path
     memory = _memory(config)
     block = RAMBlock(config["idstr"], memory, int(config["page_size"]))
     if config.get("receivedmap"):
@@ -221,7 +223,7 @@ def child_main() -> int:
     ``page_count``, ``idstr``, ``size``, ``path`` (a shared file to map, or
     None for fresh memory), ``receivedmap`` (hex, optional), ``options``
     (MigrationOptions fields), ``uuid`` (hex), ``timeout``, ``checksum`` and
-    ``return_receivedmap`` (bools).
+    ``return_receivedmap`` (bools), ``simd`` (a zero-check path, optional).
     """
     try:
         config = json.loads(sys.stdin.readline())
