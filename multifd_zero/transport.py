@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from .wire import TruncatedError
 
@@ -165,6 +164,23 @@ class Channel(abc.ABC):
 # ---------------------------------------------------------------- in-process
 
 
+_SMALL = 1 << 16  # below this a copy is cheaper under the GIL than through numpy
+
+
+def _copy_bytes(data: memoryview) -> memoryview:
+    """A private copy of ``data`` (numpy, which releases the GIL, for large ones)."""
+    if data.nbytes < _SMALL:
+        return memoryview(bytes(data))
+    return memoryview(np.frombuffer(data, dtype=np.uint8).copy()).cast("B")
+
+
+def _copy_into(out: memoryview, data: memoryview) -> None:
+    if data.nbytes < _SMALL:
+        out[:] = data
+    else:
+        np.frombuffer(out, dtype=np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+
+
 class _Pipe:
     """One direction of an in-process channel: a bounded FIFO of byte chunks.
 
@@ -176,7 +192,7 @@ class _Pipe:
 
     def __init__(self, capacity: int) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._chunks: collections.deque[npt.NDArray[np.uint8]] = collections.deque()
+        self._chunks: collections.deque[memoryview] = collections.deque()
         self._pos = 0
         self._buffered = 0
         self._capacity = capacity
@@ -189,10 +205,10 @@ class _Pipe:
         chunks = []
         total = 0
         for part in parts:
-            data = np.frombuffer(part, dtype=np.uint8)
-            if data.size:
-                chunks.append(data.copy())
-                total += int(data.size)
+            data = memoryview(part).cast("B")
+            if data.nbytes:
+                chunks.append(_copy_bytes(data))
+                total += data.nbytes
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -215,8 +231,8 @@ class _Pipe:
         return total
 
     def read_into(self, view: memoryview, timeout: float) -> int:
-        out = np.frombuffer(view, dtype=np.uint8)
-        want = int(out.size)
+        out = memoryview(view).cast("B")
+        want = out.nbytes
         deadline = time.monotonic() + timeout
         pieces = []
         with self._cond:
@@ -234,11 +250,11 @@ class _Pipe:
             got = 0
             while self._chunks and got < want:
                 chunk = self._chunks[0]
-                take = min(int(chunk.size) - self._pos, want - got)
+                take = min(chunk.nbytes - self._pos, want - got)
                 pieces.append((got, chunk, self._pos, take))
                 got += take
                 self._pos += take
-                if self._pos == chunk.size:
+                if self._pos == chunk.nbytes:
                     self._chunks.popleft()
                     self._pos = 0
             self._buffered -= got
@@ -246,7 +262,7 @@ class _Pipe:
                 self._cond.notify()
         # Chunks are never changed once queued, and there is one reader: copy unlocked.
         for at, chunk, pos, take in pieces:
-            out[at : at + take] = chunk[pos : pos + take]
+            _copy_into(out[at : at + take], chunk[pos : pos + take])
         return got
 
     def close_writer(self) -> None:
