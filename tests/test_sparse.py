@@ -174,7 +174,7 @@ def child_source_release(
     stats = mz.MigrationStats()
     capacity = mz.multifd_ram_page_count(page_size)
     batches = [mz.MultiFDPages(block, offsets[i : i + capacity])
-               for i in range(0, n, capacity)]  # fmt: skip
+               for i in range(0, n, capacity)]
     before = statm()["resident"]
     if how == "legacy":
         for i in range(0, n, capacity):

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Coverage-guided fuzzing (atheris / libFuzzer) of multifd_zero's wire decoders.
+
+Targets, chosen by the first byte of each input:
+
+- ``wire.decode_packet``: a multifd RAM packet (320-byte header and name,
+  then ``page_count`` offset slots), for one of a few receiver set-ups
+  (page_count, page_size, known blocks) chosen by the second byte;
+- ``wire.check_header``: the 12-byte packet header;
+- ``wire.decode_init``: the 64-byte channel handshake, with or without a
+  uuid and channel count to check against;
+- ``ramstream.RamStreamReader``: the main channel's stream (file header,
+  sections, MEM_SIZE, zero-page records, flags), read in chunks whose sizes
+  come from the input too.
+
+A decoder may return or raise :class:`multifd_zero.wire.PacketError` (a
+``ValueError``); any other exception, or a returned packet that breaks the
+decoder's own promises (counts within ``pages_alloc`` and ``page_count``,
+``next_packet_size == normal_pages * page_size``, a known block, every offset
+page-aligned and inside it), is a finding: libFuzzer stops, writes the input
+to ``crash-*`` and exits non-zero.
+
+Run it::
+
+    pip install atheris
+    python fuzz/fuzz_decoder.py -max_total_time=30 [CORPUS_DIR]
+
+(``-atheris_runs=N`` stops after N inputs instead.) A seed corpus of valid
+packets, handshakes and streams is generated into the first corpus directory
+given (``--seeds-only DIR`` writes the seeds and exits).
+``tests/test_hostile.py::test_atheris_decoder_fuzz`` runs it in CI for 30
+seconds (``MULTIFD_ZERO_FUZZ_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np  # imported before instrumentation: numpy is not under test
+
+try:
+    import atheris
+except ImportError:  # pragma: no cover - the script needs atheris; the seeds do not
+    atheris = None
+
+if atheris is not None:
+    with atheris.instrument_imports(include=["multifd_zero"]):
+        from multifd_zero import ramstream, wire
+else:  # pragma: no cover
+    from multifd_zero import ramstream, wire
+
+SETUPS = [  # (page_count, page_size, blocks)
+    (128, 4096, {"pc.ram": 64 * 4096, "vga": 4096}),
+    (512, 1024, {"pc.ram": 1024 * 1024}),
+    (1, 4096, {"mem0": 2 * 4096}),
+    (4, 2 * 1024 * 1024, {"huge": 8 * 1024 * 1024, "é": 2 * 1024 * 1024}),
+]
+STREAM_SETUPS = [(4096, {"pc.ram": 32 * 4096, "vga": 4 * 4096}), (1024, {"pc.ram": 64 * 1024})]
+
+
+def check_packet(pkt: wire.RamPacket, page_count: int, page_size: int,
+                 blocks: dict[str, int]) -> None:
+    num = pkt.normal_pages + pkt.zero_pages
+    assert 0 <= num <= pkt.pages_alloc <= page_count, pkt
+    assert pkt.offsets.dtype == np.uint64 and pkt.offsets.size == num
+    assert pkt.next_packet_size == pkt.normal_pages * page_size
+    assert pkt.flags & ~wire.MULTIFD_FLAG_SYNC == 0
+    if num:
+        used = blocks[pkt.ramblock]
+        for off in pkt.offsets.tolist():
+            assert off % page_size == 0 and off + page_size <= used, (off, used)
+
+
+class _BytesChannel:
+    """The part of a Channel the reader uses: ``recv_into`` over fixed bytes, in chunks."""
+
+    def __init__(self, raw: bytes, chunks: list[int]) -> None:
+        self.raw, self.pos, self.chunks, self.k = raw, 0, chunks or [4096], 0
+
+    def recv_into(self, view: memoryview) -> int:
+        size = self.chunks[self.k % len(self.chunks)]
+        self.k += 1
+        piece = self.raw[self.pos : self.pos + min(size, len(view))]
+        view[: len(piece)] = piece
+        self.pos += len(piece)
+        return len(piece)
+
+
+def read_stream(raw: bytes, chunks: list[int], page_size: int, blocks: dict[str, int],
+                magic_read: bool) -> int:
+    reader = ramstream.RamStreamReader(
+        _BytesChannel(raw, chunks),  # type: ignore[arg-type]
+        page_size=page_size, blocks=blocks, magic_read=magic_read,
+    )
+    reader.read_header()
+    records = 0
+    while not reader.at_end():
+        if reader.read_section() == ramstream.QEMU_VM_EOF:
+            break
+        while True:
+            records += 1
+            assert records <= 4 * len(raw) + 4, "the reader makes no progress"
+            record = reader.read_record()
+            if isinstance(record, ramstream.ZeroRun):
+                used = blocks[record.idstr]
+                for off in record.offsets.tolist():
+                    assert off % page_size == 0 and off + page_size <= used, (off, used)
+            if isinstance(record, ramstream.Flag) and record.flag == ramstream.RAM_SAVE_FLAG_EOS:
+                break
+    return records
+
+
+def one_input(data: bytes) -> None:
+    """Decode ``data`` with the decoder its first byte selects."""
+    if len(data) < 2:
+        return
+    which, setup, body = data[0] % 4, data[1], data[2:]
+    try:
+        if which == 0:
+            page_count, page_size, blocks = SETUPS[setup % len(SETUPS)]
+            pkt = wire.decode_packet(body, page_count=page_count, page_size=page_size,
+                                     blocks=blocks)
+            check_packet(pkt, page_count, page_size, blocks)
+        elif which == 1:
+            flags = wire.check_header(body)
+            assert flags & ~wire.MULTIFD_FLAG_SYNC == 0
+        elif which == 2:
+            uuid = bytes(range(16)) if setup & 1 else None
+            channels = (setup >> 1) % 8 + 1 if setup & 2 else None
+            init = wire.decode_init(body, uuid=uuid, channels=channels)
+            assert len(init.uuid) == 16 and (channels is None or init.id < channels)
+        else:
+            page_size, blocks = STREAM_SETUPS[setup % len(STREAM_SETUPS)]
+            chunks = [1 + (b % 64) for b in body[:3]]
+            read_stream(body[3:], chunks, page_size, blocks, magic_read=bool(setup & 4))
+    except wire.PacketError:
+        pass
+
+
+def seeds() -> list[bytes]:
+    """Valid inputs for every target, so the fuzzer starts past the magic checks."""
+    out = []
+    for k, (page_count, page_size, blocks) in enumerate(SETUPS):
+        name = sorted(blocks)[0]
+        pages = blocks[name] // page_size
+        num = min(page_count, pages, 3)
+        offs = np.arange(num, dtype=np.uint64) * np.uint64(page_size)
+        for normal in range(num + 1):
+            pkt = wire.RamPacket(
+                flags=wire.MULTIFD_FLAG_SYNC if normal == 0 else 0, pages_alloc=page_count,
+                normal_pages=normal, zero_pages=num - normal,
+                next_packet_size=normal * page_size, packet_num=normal, ramblock=name,
+                offsets=offs,
+            )
+            out.append(bytes([0, k]) + wire.encode_packet(pkt, page_count))
+        out.append(bytes([1, 0]) + wire.encode_packet(wire.RamPacket(pages_alloc=1), 1)[:12])
+    for setup in (0, 1, 2, 3):
+        out.append(bytes([2, setup]) + wire.encode_init(bytes(range(16)), 0))
+    for k, (page_size, blocks) in enumerate(STREAM_SETUPS):
+        name = sorted(blocks)[-1]
+        offs = np.array([0, page_size, 3 * page_size], dtype=np.uint64)
+        stream = b"".join([
+            ramstream.encode_file_header(),
+            ramstream.encode_section(ramstream.QEMU_VM_SECTION_START),
+            ramstream.encode_mem_size(list(blocks.items())),
+            ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS),
+            ramstream.encode_section(ramstream.QEMU_VM_SECTION_PART),
+            ramstream.encode_zero_records(name, offs, continued=False),
+            ramstream.encode_zero_records(name, offs[1:], continued=True),
+            ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_MULTIFD_FLUSH),
+            ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS),
+            bytes([ramstream.QEMU_VM_EOF]),
+        ])
+        out.append(bytes([3, k]) + bytes([7, 64, 1]) + stream)
+        out.append(bytes([3, k | 4]) + bytes([64, 64, 64]) + stream[4:])
+    return out
+
+
+def write_seeds(directory: str) -> int:
+    os.makedirs(directory, exist_ok=True)
+    for i, seed in enumerate(seeds()):
+        with open(os.path.join(directory, f"seed-{i:03d}"), "wb") as f:
+            f.write(seed)
+    return len(seeds())
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) >= 3 and argv[1] == "--seeds-only":
+        print(f"wrote {write_seeds(argv[2])} seeds to {argv[2]}")
+        return
+    for seed in seeds():  # every seed must decode cleanly before fuzzing starts
+        one_input(seed)
+    corpora = [a for a in argv[1:] if not a.startswith("-")]
+    if corpora:
+        write_seeds(corpora[0])
+    if atheris is None:
+        sys.exit("atheris is not installed: pip install atheris")
+    atheris.Setup(argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
