@@ -8,6 +8,10 @@ step by step:
 - a batch of any subset of the pages not in flight, in any order, sent on any
   channel: legacy check on the main thread (``save_zero_pages``), then the
   channel's detection (``send_zero_page_detect``), with the release rule;
+- every packet goes through the wire format: a multifd RAM packet
+  (``wire.encode_packet``, decoded with ``wire.decode_packet`` when its
+  delivery starts) or main-stream zero records (``ramstream``), and must
+  decode to exactly what was sent (``[wire]``);
 - the start and the end of a packet's delivery on any channel (channels are
   FIFO, as a socket is, but independent of each other), so deliveries of
   different channels interleave, even in the middle of one another;
@@ -123,6 +127,7 @@ from reliability_support import (
 )
 
 import multifd_zero as mz
+from multifd_zero import ramstream, wire
 
 PAGE_SIZES = (1024, 4096)
 MAX_PAGES = 130
@@ -189,6 +194,7 @@ class MigrationMachine(RuleBasedStateMachine):
         self.m_stats = RefStats()
         self.m_released: list[int] = []
         self.in_postcopy = False
+        self.packet_num = 0
         # Per page: guest version, version last delivered, arrivals so far.
         self.version = [0] * num_pages
         self.delivered_version = [-1] * num_pages
@@ -278,9 +284,12 @@ class MigrationMachine(RuleBasedStateMachine):
         self.m_released += m_released
         if legacy_zero.size:
             zero_pages = {int(o) // ps: versions[int(o) // ps] for o in legacy_zero}
-            self.queues["main"].append(
-                Packet("main", "legacy", np.zeros(0, np.uint64), b"", legacy_zero, zero_pages)
+            packet = Packet("main", "legacy", np.zeros(0, np.uint64), b"", legacy_zero, zero_pages)
+            # On the wire: RAM_SAVE_FLAG_ZERO records of the main stream.
+            packet.private["wire"] = ramstream.encode_zero_records(
+                "pc.ram", legacy_zero, continued=False
             )
+            self.queues["main"].append(packet)
         # The channel: multifd detection on what is left.
         if rest.size:
             batch = mz.MultiFDPages(self.src_block, rest)
@@ -304,16 +313,31 @@ class MigrationMachine(RuleBasedStateMachine):
                 "[model] normal page data differs"
             )
             rest_pages = {int(o) // ps: versions[int(o) // ps] for o in rest}
-            self.queues[channel].append(
-                Packet(
-                    channel,
-                    "multifd",
-                    np.array(batch.normal, dtype=np.uint64),
-                    payload,
-                    np.array(batch.zero, dtype=np.uint64),
-                    rest_pages,
-                )
+            packet = Packet(
+                channel,
+                "multifd",
+                np.array(batch.normal, dtype=np.uint64),
+                payload,
+                np.array(batch.zero, dtype=np.uint64),
+                rest_pages,
             )
+            # On the wire: QEMU's multifd RAM packet, then the normal pages.
+            self.packet_num += 1
+            packet.private["wire"] = wire.encode_packet(
+                wire.RamPacket(
+                    flags=wire.MULTIFD_FLAG_NOCOMP,
+                    pages_alloc=self.capacity,
+                    normal_pages=batch.normal_num,
+                    zero_pages=batch.zero_num,
+                    next_packet_size=len(payload),
+                    packet_num=self.packet_num,
+                    ramblock="pc.ram",
+                    offsets=batch.offset,
+                ),
+                self.capacity,
+                payload,
+            )
+            self.queues[channel].append(packet)
         assert self.released[released_before:] == self.m_released[released_before:], (
             "[release] released pages differ from the model's"
         )
@@ -333,9 +357,34 @@ class MigrationMachine(RuleBasedStateMachine):
     def begin_delivery(self, data: st.DataObject) -> None:
         """A channel's receiver starts on its oldest packet."""
         channel = data.draw(st.sampled_from(self._heads("queued")), label="channel")
-        packet = self.queues[channel][0]
+        self._begin(self.queues[channel][0])
+
+    def _begin(self, packet: Packet) -> None:
+        """Decode the packet as the receiving channel reads it, then apply it."""
+        self._decode(packet)
         packet.state = "delivering"
         self.receiver.begin(packet)
+
+    def _decode(self, packet: Packet) -> None:
+        raw = packet.private.pop("wire")
+        blocks = {"pc.ram": self.n * self.ps}
+        if packet.kind == "legacy":
+            reader = ramstream.RamStreamReader(
+                _BytesChannel(raw), page_size=self.ps, blocks=blocks  # type: ignore[arg-type]
+            )
+            record = reader.read_record()
+            assert isinstance(record, ramstream.ZeroRun) and record.idstr == "pc.ram"
+            assert record.offsets.tolist() == packet.zero.tolist(), "[wire] zero records"
+            assert reader.at_end()
+            packet.zero = record.offsets
+            return
+        size = wire.packet_len(self.capacity)
+        got = wire.decode_packet(raw, page_count=self.capacity, page_size=self.ps, blocks=blocks)
+        assert got.normal.tolist() == packet.normal.tolist(), "[wire] normal offsets"
+        assert got.zero.tolist() == packet.zero.tolist(), "[wire] zero offsets"
+        assert raw[size:] == packet.data, "[wire] payload"
+        assert got.next_packet_size == len(raw) - size, "[wire] next_packet_size"
+        packet.normal, packet.zero, packet.data = got.normal, got.zero, raw[size:]
 
     @precondition(lambda self: self.ready and self._heads("delivering"))
     @rule(data=st.data())
@@ -370,8 +419,7 @@ class MigrationMachine(RuleBasedStateMachine):
         for name, queue in self.queues.items():
             while queue:
                 if queue[0].state == "queued":
-                    queue[0].state = "delivering"
-                    self.receiver.begin(queue[0])
+                    self._begin(queue[0])
                 self._finish(name)
 
     @precondition(lambda self: self.ready)
@@ -459,6 +507,19 @@ class MigrationMachine(RuleBasedStateMachine):
         differ = np.flatnonzero(settled & (model != self.dst).any(axis=1)).tolist()
         assert not differ, f"[model] destination pages differ from the model's: {differ}"
         assert self.m_dst.received == ever.tolist(), "[model] the model's own receivedmap"
+
+
+class _BytesChannel:
+    """What RamStreamReader reads from: ``recv_into`` over fixed bytes."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw, self.pos = raw, 0
+
+    def recv_into(self, view: memoryview) -> int:
+        piece = self.raw[self.pos : self.pos + len(view)]
+        view[: len(piece)] = piece
+        self.pos += len(piece)
+        return len(piece)
 
 
 def machine_with(receiver: type[PackageReceiver]) -> type[MigrationMachine]:
