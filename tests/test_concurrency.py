@@ -10,6 +10,8 @@ zero_page_mask, partition/scan and the two receive calls. Here:
   the "received before" branch runs concurrently), a sentinel destination to
   check that first-arrival zero pages are never written in precopy, exact
   stats and receivedmap; each case makes more than a million page operations;
+- the same through the engine (``multifd_zero.migrate``: 4 sender and 4
+  receiver threads, 8 dirty rounds, more than a million page operations);
 - the receivedmap cleared and set from Python (``ReceivedMap.set/clear``, as
   ``ram_discard_range`` clears bits) while a GIL-free kernel sets the
   neighbouring bits of the same words;
@@ -161,6 +163,72 @@ def test_dirty_rounds_on_threads_every_mode(mode: str, postcopy: bool) -> None:
     assert operations >= 1_000_000, operations
     print(f"\n{mode} postcopy={postcopy}: {operations} page operations, "
           f"{rounds} rounds, {pages} bits, stats {stats}")
+
+
+# -------------------------------------------------------- the engine's channels
+
+
+@pytest.mark.parametrize(
+    ("mode", "postcopy"), [("multifd", False), ("multifd", True), ("legacy", False)]
+)
+def test_engine_channels_share_one_receivedmap(mode: str, postcopy: bool) -> None:
+    """multifd_zero.migrate: 4 sender and 4 receiver threads, 8 dirty rounds, >= 1M page ops.
+
+    The engine splits each round into batches round-robin over its channels,
+    so neighbouring pages of one bitmap word are received by different
+    threads at once. The destination starts as sentinel pages: afterwards it
+    reads as the source, every bit is set, the stats equal the zero pages
+    counted at each round's start, and (multifd precopy) a page that was zero
+    the only time it was sent still holds its sentinel.
+    """
+    page_size = 1024
+    pages = 1 << 17
+    rng = np.random.default_rng(99 + postcopy + len(mode))
+    ram = np.zeros((pages, page_size), dtype=np.uint8)
+    ram[np.flatnonzero(rng.random(pages) < 0.5), 5] = 1
+    sentinel = sentinel_pages(pages, page_size)
+    dst_mem = sentinel.copy()
+    src = mz.RAMBlock("pc.ram", ram.reshape(-1), page_size)
+    dst = mz.RAMBlock("pc.ram", dst_mem.reshape(-1), page_size)
+    arrivals = np.ones(pages, dtype=np.int64)
+    zero_arrivals = (~ram.any(axis=1)).astype(np.int64)
+    expected = {"normal": int(pages - zero_arrivals.sum()), "duplicate": int(zero_arrivals.sum())}
+
+    def rounds() -> object:
+        for _ in range(7):
+            dirty = np.flatnonzero(rng.random(pages * 7 // 8) < 0.5)  # the top 1/8 stays put
+            kinds = rng.integers(0, 3, size=dirty.size)
+            ram[dirty[kinds == 0]] = 0
+            hit = dirty[kinds == 1]
+            ram[hit, rng.integers(0, page_size, size=hit.size)] = 9
+            zero = ~ram[dirty].any(axis=1)
+            arrivals[dirty] += 1
+            zero_arrivals[dirty[zero]] += 1
+            expected["normal"] += int((~zero).sum())
+            expected["duplicate"] += int(zero.sum())
+            yield rng.permutation(dirty).astype(np.uint64) * np.uint64(page_size)
+
+    options = mz.MigrationOptions(zero_page_detection=mode, postcopy_ram=postcopy)
+    result = mz.migrate(src, dst, channels=4, options=options, dirty=rounds(), timeout=120)
+    assert result.rounds == 8
+    assert (result.ram["normal"], result.ram["duplicate"]) == (
+        expected["normal"], expected["duplicate"]
+    )
+    assert np.array_equal(logical(dst_mem, sentinel), ram)
+    assert dst.receivedmap.count() == pages
+    assert (dst.receivedmap.bitmap == np.uint64(2**64 - 1)).all()
+    untouched = (dst_mem == sentinel).all(axis=1)
+    if mode == "multifd" and not postcopy:
+        once_zero = (arrivals == 1) & (zero_arrivals == 1)
+        assert once_zero.sum() > 5000
+        assert untouched[once_zero].all() and not untouched[~once_zero].any()
+    else:
+        assert not untouched.any()
+    operations = 2 * result.pages_sent
+    assert operations >= 1_000_000
+    print(f"\nengine {mode} postcopy={postcopy}: {operations} page operations over "
+          f"{result.channels} channels, {result.rounds} rounds, {result.ram['normal']} normal, "
+          f"{result.ram['duplicate']} zero")
 
 
 # ------------------------------------------- Python-side bit ops against a kernel
