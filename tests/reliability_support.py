@@ -17,6 +17,31 @@ Pieces:
   that a crash (a signal, an abort) fails the calling test instead of killing
   pytest, and report what it printed.
 - :func:`statm`: the process's size and resident memory from ``/proc/self/statm``.
+
+The reliability suite and its budget
+------------------------------------
+``test_state_machine.py``, ``test_concurrency.py``, ``test_hostile.py`` (with
+``fuzz/fuzz_decoder.py``), ``test_big_memory.py`` and ``test_sparse.py``.
+With the default ``ci`` hypothesis profile they take about two minutes on two
+cores, half of it the 30-second atheris run:
+
+=================================  ===============================  ==========================
+part                               ``ci`` (default)                 ``HYPOTHESIS_PROFILE=release``
+=================================  ===============================  ==========================
+migration state machine            300 examples x 40 steps          4500 examples x 100 steps
+QEMU bug hunts (2 broken receivers) up to 3000 examples, stop at     the same, and the
+                                   the first counterexample         counterexample is shrunk
+hostile input, per target          100 examples (decoders 300-500)  1500 (decoders 4500-7500)
+atheris on the decoders            30 s                             300 s
+threads, big memory, sparse        fixed sizes (no hypothesis)      the same
+=================================  ===============================  ==========================
+
+``MULTIFD_ZERO_FUZZ_SECONDS`` overrides the atheris time. A release check is::
+
+    HYPOTHESIS_PROFILE=release pytest tests/test_state_machine.py tests/test_hostile.py \
+        tests/test_concurrency.py tests/test_big_memory.py tests/test_sparse.py
+
+(about 30 to 60 minutes on two cores). No test here asserts anything about time.
 """
 
 from __future__ import annotations
