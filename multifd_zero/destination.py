@@ -152,10 +152,12 @@ class _Receiver:
         report = self.report
         if pkt.normal_pages or pkt.zero_pages:
             block = owner.blocks[pkt.ramblock]
-            report.zero_pages_written += recv_zero_page_process(
-                block, pkt.zero, options=owner.options
-            )
-            recv_normal_pages(block, pkt.normal, data)
+            if pkt.zero_pages:  # zero pages first, as QEMU's nocomp receiver
+                report.zero_pages_written += recv_zero_page_process(
+                    block, pkt.zero, options=owner.options
+                )
+            if pkt.normal_pages:
+                recv_normal_pages(block, pkt.normal, data)
             report.normal_pages += pkt.normal_pages
             report.zero_pages += pkt.zero_pages
         report.packets += 1
