@@ -36,11 +36,23 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
+import numpy as np
+
 import multifd_zero
-from multifd_zero import MigrationOptions, RAMBlock, migrate
+from multifd_zero import (
+    MigrationOptions,
+    MigrationStats,
+    MultiFDPages,
+    RAMBlock,
+    ZeroPageDetection,
+    migrate,
+    save_zero_pages,
+    send_zero_page_detect,
+)
 from multifd_zero.demo import make_guest_ram
 
 MIB = 1024 * 1024
@@ -85,6 +97,34 @@ def run_one(
     return result.gb_per_s
 
 
+def detect_only(block: RAMBlock, threads: int, mode: str, page_count: int = 128) -> float:
+    """Detection alone, GB/s: every batch through the mode's detection call, no transfer.
+
+    ``multifd``: ``send_zero_page_detect`` on each batch, the batches split over
+    ``threads`` threads (as the sender channels do). ``legacy``:
+    ``save_zero_pages`` on each batch in one thread (the queueing thread).
+    """
+    offsets = np.arange(block.num_pages, dtype=np.uint64) * np.uint64(block.page_size)
+    batches = [offsets[i : i + page_count] for i in range(0, offsets.size, page_count)]
+    options = MigrationOptions(zero_page_detection=ZeroPageDetection(mode))
+    stats = MigrationStats()
+
+    def work(part: list[Any]) -> None:
+        for batch in part:
+            if mode == "legacy":
+                save_zero_pages(block, batch, options=options, stats=stats)
+            else:
+                send_zero_page_detect(MultiFDPages(block, batch), options=options, stats=stats)
+
+    workers = [threading.Thread(target=work, args=(batches[k::threads],)) for k in range(threads)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return block.used_length / (time.perf_counter() - start) / 1e9
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every configuration; one result dict each."""
     results = []
@@ -100,6 +140,18 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             file=sys.stderr,
             flush=True,
         )
+        for mode, threads in (("multifd", 1), ("multifd", 2), ("legacy", 1)):
+            speeds = [detect_only(block, threads, mode) for _ in range(args.repeats)]
+            results.append(
+                {
+                    "zero_ratio": ratio,
+                    "transport": "detection only",
+                    "channels": threads,
+                    "mode": mode,
+                    "gb_per_s": statistics.median(speeds),
+                    "runs": speeds,
+                }
+            )
         for transport in _csv(str, args.transports):
             for channels in _csv(int, args.channels):
                 for mode in MODES:
@@ -145,21 +197,50 @@ def format_table(results: list[dict[str, Any]], size_mib: int) -> str:
         f"{'zero':>5} {'transport':>9} {'ch':>3} {'multifd':>8} {'legacy':>8} {'ratio':>6}",
     ]
     keys = sorted(
-        {(r["zero_ratio"], r["transport"], r["channels"]) for r in results},
+        {
+            (r["zero_ratio"], r["transport"], r["channels"])
+            for r in results
+            if r["transport"] != "detection only"
+        },
         key=lambda k: (k[1] != "inprocess", k[1], k[0], k[2]),
     )
     for ratio, transport, channels in keys:
-        multifd = _find(results, zero_ratio=ratio, transport=transport, channels=channels,
-                        mode="multifd")
-        legacy = _find(results, zero_ratio=ratio, transport=transport, channels=channels,
-                       mode="legacy")
+        multifd = _find(
+            results, zero_ratio=ratio, transport=transport, channels=channels, mode="multifd"
+        )
+        legacy = _find(
+            results, zero_ratio=ratio, transport=transport, channels=channels, mode="legacy"
+        )
         quotient = f"{multifd / legacy:6.2f}" if multifd and legacy else f"{'-':>6}"
         lines.append(
             f"{ratio:>5.0%} {transport:>9} {channels:>3} {multifd or 0:>8.2f} "
             f"{legacy or 0:>8.2f} {quotient}"
         )
     lines.append("")
-    for transport in sorted({r["transport"] for r in results}):
+    lines.append("Detection alone (no transfer), GB/s: multifd = send_zero_page_detect per batch")
+    lines.append("on 1 or 2 threads, legacy = save_zero_pages per batch on one thread")
+    lines.append(f"{'zero':>5} {'multifd 1':>10} {'multifd 2':>10} {'2/1':>5} {'legacy':>8}")
+    for ratio in sorted({r["zero_ratio"] for r in results if r["transport"] == "detection only"}):
+        one = (
+            _find(
+                results, zero_ratio=ratio, transport="detection only", channels=1, mode="multifd"
+            )
+            or 0.0
+        )
+        two = (
+            _find(
+                results, zero_ratio=ratio, transport="detection only", channels=2, mode="multifd"
+            )
+            or 0.0
+        )
+        legacy = (
+            _find(results, zero_ratio=ratio, transport="detection only", channels=1, mode="legacy")
+            or 0.0
+        )
+        scale = f"{two / one:5.2f}" if one else f"{'-':>5}"
+        lines.append(f"{ratio:>5.0%} {one:>10.2f} {two:>10.2f} {scale} {legacy:>8.2f}")
+    lines.append("")
+    for transport in sorted({r["transport"] for r in results} - {"detection only"}):
         multifd = _find(results, zero_ratio=0.9, transport=transport, channels=2, mode="multifd")
         legacy = _find(results, zero_ratio=0.9, transport=transport, channels=2, mode="legacy")
         if multifd and legacy:
