@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import operator
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,11 @@ class ReceivedMap:
             ) from None
         if self._num_pages < 0:
             raise ValueError(f"num_pages must not be negative, got {num_pages}")
+        if self._num_pages * self._page_size > sys.maxsize:
+            raise ValueError(
+                f"num_pages {self._num_pages} of {self._page_size} bytes is more memory "
+                "than this machine can address"
+            )
         self._bitmap = np.zeros((self._num_pages + 63) // 64, dtype=np.uint64)
 
     @property
