@@ -613,6 +613,13 @@ def decode_init(
     ------
     MagicError, VersionError, ReservedError, HandshakeError, TruncatedError
     """
+    if uuid is not None and (not isinstance(uuid, bytes) or len(uuid) != 16):
+        raise TypeError(f"uuid must be 16 bytes, not {type(uuid).__name__} {uuid!r:.40}")
+    if channels is not None:
+        if isinstance(channels, bool) or not isinstance(channels, int):
+            raise TypeError(f"channels must be an int, not {type(channels).__name__}")
+        if channels < 1:
+            raise ValueError(f"channels must be at least 1, got {channels}")
     view = memoryview(buf).cast("B")
     if view.nbytes < HANDSHAKE_SIZE:
         raise TruncatedError(f"a handshake needs {HANDSHAKE_SIZE} bytes, got {view.nbytes}")
