@@ -22,7 +22,8 @@ def as_offsets(offsets: Any, name: str = "offsets") -> OffsetArray:
     if type(offsets) is np.ndarray and offsets.dtype == _U64 and offsets.ndim == 1:
         # The common case, kept cheap: the generic conversions cost more than
         # detecting a whole batch does.
-        return offsets.copy()
+        copied: OffsetArray = offsets.copy()
+        return copied
     if isinstance(offsets, (str, bytes, bytearray, memoryview)):
         raise TypeError(f"{name} must be a sequence of ints, not {type(offsets).__name__}")
     try:
@@ -42,7 +43,8 @@ def as_offsets(offsets: Any, name: str = "offsets") -> OffsetArray:
     if arr.dtype.kind == "i" and (arr < 0).any():
         index = int(np.flatnonzero(arr < 0)[0])
         raise ValueError(f"{name}[{index}] = {int(arr[index])} is negative")
-    return np.ascontiguousarray(arr, dtype=np.uint64).copy()
+    out: OffsetArray = np.ascontiguousarray(arr, dtype=np.uint64).copy()
+    return out
 
 
 def check_offsets(

@@ -136,7 +136,7 @@ def _region_row(
 ) -> BenchRow:
     n = ram.size // PAGE
     words = ram.view(np.uint64).reshape(n, PAGE // 8)
-    host = memoryview(ram)
+    host = ram.data
     zero_page = bytes(PAGE)
     row = BenchRow(name, n)
     row.ns_per_page["multifd_zero"] = _median_ns(
@@ -191,7 +191,7 @@ def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
     rows = []
     n = ram.size // PAGE
     half = ram.size // 2
-    halves = [memoryview(ram)[:half], memoryview(ram)[half:]]
+    halves = [ram.data[:half], ram.data[half:]]
     row = BenchRow("out of cache, 1 vs 2 threads (zero_page_mask on halves)", n)
     mask = _kernels.zero_page_mask
     row.ns_per_page["1 thread"] = _threads_ns(

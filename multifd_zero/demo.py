@@ -163,7 +163,7 @@ def run_demo(
     result.total_seconds = time.perf_counter() - t0
     dst_view = np.frombuffer(dst_mem, dtype=np.uint8)
     result.verified = bool(np.array_equal(dst_view, ram))
-    result.source_sha256 = hashlib.sha256(ram).hexdigest()
+    result.source_sha256 = hashlib.sha256(ram.data).hexdigest()
     result.destination_sha256 = hashlib.sha256(dst_mem).hexdigest()
     result.received_pages = dst.receivedmap.count()
     result.extra["wall_seconds"] = time.perf_counter() - start

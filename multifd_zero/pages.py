@@ -146,6 +146,6 @@ class MultiFDPages:
 
 
 def _readonly(view: OffsetArray) -> OffsetArray:
-    out = view.view()
+    out: OffsetArray = view.view()
     out.flags.writeable = False
     return out

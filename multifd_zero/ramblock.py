@@ -119,7 +119,8 @@ class ReceivedMap:
         """Return the byte offsets of every received page, ascending."""
         bits = np.unpackbits(self._bitmap.view(np.uint8), bitorder="little")
         pages = np.flatnonzero(bits[: self._num_pages]).astype(np.uint64)
-        return pages << np.uint64(self._shift)
+        offsets: OffsetArray = pages << np.uint64(self._shift)
+        return offsets
 
     def __len__(self) -> int:
         return self._num_pages

@@ -171,7 +171,7 @@ def _copy_bytes(data: memoryview) -> memoryview:
     """A private copy of ``data`` (numpy, which releases the GIL, for large ones)."""
     if data.nbytes < _SMALL:
         return memoryview(bytes(data))
-    return memoryview(np.frombuffer(data, dtype=np.uint8).copy()).cast("B")
+    return np.frombuffer(data, dtype=np.uint8).copy().data.cast("B")
 
 
 def _copy_into(out: memoryview, data: memoryview) -> None:
