@@ -75,8 +75,18 @@ def test_offsets_past_4_gib(tmp_path: Path, page_size: int) -> None:
         zero_pages = [4 * GiB + ps, 4 * GiB + 2 * ps, 5 * GiB, BIG - 2 * ps, 0]
         for k, off in enumerate(data_pages):
             src_mm[off + (k * 997) % ps] = 0x40 + k
-        queue = [data_pages[0], zero_pages[0], data_pages[1], zero_pages[1], data_pages[2],
-                 zero_pages[2], data_pages[3], zero_pages[3], data_pages[4], zero_pages[4]]
+        queue = [
+            data_pages[0],
+            zero_pages[0],
+            data_pages[1],
+            zero_pages[1],
+            data_pages[2],
+            zero_pages[2],
+            data_pages[3],
+            zero_pages[3],
+            data_pages[4],
+            zero_pages[4],
+        ]
 
         released: list[int] = []
         src = mz.RAMBlock("big", src_mm, ps)
@@ -220,8 +230,9 @@ def test_every_page_size_on_every_host(page_size: int) -> None:
                 model_stats = RefStats()
                 if mode == "legacy":
                     model_stats.zero_pages += 3
-                    model = ref_send_zero_page_detect(image, rest.tolist(), ps, model_stats,
-                                                      mode="legacy")
+                    model = ref_send_zero_page_detect(
+                        image, rest.tolist(), ps, model_stats, mode="legacy"
+                    )
                 else:
                     model = ref_send_zero_page_detect(image, queue, ps, model_stats, mode=mode)
                 assert batch.offset.tolist() == model.offsets, (kind, mode)
@@ -233,7 +244,12 @@ def test_every_page_size_on_every_host(page_size: int) -> None:
                 assert dst.receivedmap.count() == pages
                 assert stats.snapshot() == (model_stats.normal_pages, model_stats.zero_pages)
                 assert mz.zero_page_mask(source, ps).tolist() == [
-                    False, True, False, True, False, True
+                    False,
+                    True,
+                    False,
+                    True,
+                    False,
+                    True,
                 ]
                 dst_view.release()
                 if kind == "mmap":
@@ -337,18 +353,14 @@ def child_close_or_resize_while_held() -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         report["closed mmap, then RAMBlock"] = type(exc).__name__ + ": " + str(exc)
 
-    # bytearray: no resize while exported.
-    buf = bytearray(size)
-
-    def grow() -> None:
-        buf.extend(b"\0" * ps)
-
-    def shrink() -> None:
-        del buf[-ps:]
-
-    report["bytearray.extend"] = _while_writing(buf, grow, size)
-    report["bytearray.del"] = _while_writing(buf, shrink, size)
-    report["bytearray.clear"] = _while_writing(buf, buf.clear, size)
+    # bytearray: no resize while exported. A fresh buffer for each case: an
+    # attempt that lands just after the kernel returns does resize it.
+    grown, shrunk, cleared = bytearray(size), bytearray(size), bytearray(size)
+    report["bytearray.extend"] = _while_writing(grown, lambda: grown.extend(b"\0" * ps), size)
+    report["bytearray.del"] = _while_writing(
+        shrunk, lambda: shrunk.__delitem__(slice(-ps, None)), size
+    )
+    report["bytearray.clear"] = _while_writing(cleared, cleared.clear, size)
 
     # A RAMBlock over a bytearray that shrinks afterwards: the kernels check the
     # buffer as it is now, so a page past the new end is refused, not written.
@@ -357,13 +369,16 @@ def child_close_or_resize_while_held() -> dict[str, Any]:
     del small[4 * ps :]
     outcomes = []
     for call in (
-        lambda: mz.recv_zero_page_process(block, [6 * ps], options=mz.MigrationOptions(
-            postcopy_ram=True)),
+        lambda: mz.recv_zero_page_process(
+            block, [6 * ps], options=mz.MigrationOptions(postcopy_ram=True)
+        ),
         lambda: mz.recv_normal_pages(block, [7 * ps], bytes(ps)),
         lambda: mz.recv_legacy_zero_pages(block, [5 * ps]),
         lambda: mz.send_zero_page_detect(
-            mz.MultiFDPages(block, [6 * ps]), options=mz.MigrationOptions(),
-            stats=mz.MigrationStats()),
+            mz.MultiFDPages(block, [6 * ps]),
+            options=mz.MigrationOptions(),
+            stats=mz.MigrationStats(),
+        ),
     ):
         try:
             call()
@@ -379,8 +394,9 @@ def child_close_or_resize_while_held() -> dict[str, Any]:
     grown = []
     for offsets in ([0], [100 * ps]):
         try:
-            mz.recv_zero_page_process(block, offsets, options=mz.MigrationOptions(
-                postcopy_ram=True))
+            mz.recv_zero_page_process(
+                block, offsets, options=mz.MigrationOptions(postcopy_ram=True)
+            )
             grown.append("no error")
         except ValueError as exc:
             grown.append("ValueError: " + str(exc))
@@ -410,8 +426,9 @@ def child_close_or_resize_while_held() -> dict[str, Any]:
         started = threading.Event()
         result: list[str] = []
 
-        def scan(big: mmap.mmap = big, started: threading.Event = started,
-                 result: list[str] = result) -> None:
+        def scan(
+            big: mmap.mmap = big, started: threading.Event = started, result: list[str] = result
+        ) -> None:
             started.set()
             try:
                 result.append(f"is_zero={mz.is_zero(big)}")
