@@ -8,31 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, _kernels, cli_migrate, cli_scan
+from ._argtypes import MIB
+from ._argtypes import page_size as _page_size
+from ._argtypes import positive as _positive
+from ._argtypes import ratio as _ratio
 from .demo import run_demo
 from .options import MigrationOptions, ZeroPageDetection
-
-MIB = 1024 * 1024
-
-
-def _page_size(text: str) -> int:
-    try:
-        return int(_kernels.check_page_size(int(text, 0)))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text, 0)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

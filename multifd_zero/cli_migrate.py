@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _kernels
 from .demo import make_guest_ram
 from .engine import MigrationError, MigrationResult, migrate
 from .options import MigrationOptions, ZeroPageDetection
@@ -35,28 +34,10 @@ from .wire import PacketError
 
 __all__ = ["register", "run"]
 
-MIB = 1024 * 1024
-
-
-def _page_size(text: str) -> int:
-    try:
-        return int(_kernels.check_page_size(int(text, 0)))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text, 0)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+from ._argtypes import MIB
+from ._argtypes import page_size as _page_size
+from ._argtypes import positive as _positive
+from ._argtypes import ratio as _ratio
 
 
 def _seconds(text: str) -> float:

@@ -1,0 +1,33 @@
+"""Argument types shared by the command-line modules."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import _kernels
+
+MIB = 1024 * 1024
+
+
+def page_size(text: str) -> int:
+    """A page size: a power of two from 1 KiB to 2 MiB (``4096``, ``0x1000``)."""
+    try:
+        return int(_kernels.check_page_size(int(text, 0)))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ratio(text: str) -> float:
+    """A share between 0 and 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def positive(text: str) -> int:
+    """An int of at least 1."""
+    value = int(text, 0)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
