@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from .wire import TruncatedError
 
@@ -171,7 +172,8 @@ def _copy_bytes(data: memoryview) -> memoryview:
     """A private copy of ``data`` (numpy, which releases the GIL, for large ones)."""
     if data.nbytes < _SMALL:
         return memoryview(bytes(data))
-    return np.frombuffer(data, dtype=np.uint8).copy().data.cast("B")
+    copy: npt.NDArray[np.uint8] = np.frombuffer(data, dtype=np.uint8).copy()
+    return copy.data.cast("B")
 
 
 def _copy_into(out: memoryview, data: memoryview) -> None:
