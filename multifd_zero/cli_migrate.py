@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .demo import make_guest_ram
+from .demo import dirty_pages, make_guest_ram
 from .engine import MigrationError, MigrationResult, migrate
 from .options import MigrationOptions, ZeroPageDetection
 from .ramblock import RAMBlock
@@ -125,16 +125,8 @@ def dirty_rounds(
     times; the memory is changed just before each yield.
     """
     rng = np.random.default_rng(seed + 1)
-    pages = ram.reshape(-1, page_size)
     for _ in range(rounds - 1):
-        dirty = np.flatnonzero(rng.random(pages.shape[0]) < ratio)
-        to_zero = rng.random(dirty.size) < 0.5
-        pages[dirty[to_zero]] = 0
-        written = dirty[~to_zero]
-        pages[written, rng.integers(0, page_size, size=written.size)] = rng.integers(
-            1, 256, size=written.size, dtype=np.uint8
-        )
-        yield dirty.astype(np.uint64) * np.uint64(page_size)
+        yield dirty_pages(ram, page_size, ratio, rng)
 
 
 def _progress_bar(enabled: bool) -> tuple[Callable[[int, int, int], None] | None, Any]:

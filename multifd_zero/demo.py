@@ -18,7 +18,7 @@ from .recv import recv_legacy_zero_pages, recv_normal_pages, recv_zero_page_proc
 from .send import save_zero_pages, send_zero_page_detect
 from .stats import MigrationStats
 
-__all__ = ["DemoResult", "make_guest_ram", "run_demo"]
+__all__ = ["DemoResult", "dirty_pages", "make_guest_ram", "run_demo"]
 
 
 def make_guest_ram(
@@ -50,8 +50,14 @@ def make_guest_ram(
     return ram.reshape(-1)
 
 
-def _dirty(ram: npt.NDArray[np.uint8], page_size: int, ratio: float, rng: Any) -> Any:
-    """The guest runs between rounds: some pages get data, some are zeroed."""
+def dirty_pages(
+    ram: npt.NDArray[np.uint8], page_size: int, ratio: float, rng: np.random.Generator
+) -> npt.NDArray[np.uint64]:
+    """The guest runs between rounds: a ``ratio`` share of pages is dirtied.
+
+    Half of the dirtied pages are zeroed, the other half get a non-zero byte at
+    a random place. Returns the dirtied pages' byte offsets.
+    """
     pages = ram.reshape(-1, page_size)
     dirty = np.flatnonzero(rng.random(pages.shape[0]) < ratio)
     to_zero = rng.random(dirty.size) < 0.5
@@ -60,7 +66,8 @@ def _dirty(ram: npt.NDArray[np.uint8], page_size: int, ratio: float, rng: Any) -
     pages[written, rng.integers(0, page_size, size=written.size)] = rng.integers(
         1, 256, size=written.size, dtype=np.uint8
     )
-    return dirty.astype(np.uint64) * np.uint64(page_size)
+    offsets: npt.NDArray[np.uint64] = dirty.astype(np.uint64) * np.uint64(page_size)
+    return offsets
 
 
 @dataclass
@@ -144,7 +151,7 @@ def run_demo(
         if round_no == 0:
             dirty = np.arange(size // page_size, dtype=np.uint64) * np.uint64(page_size)
         else:
-            dirty = _dirty(ram, page_size, dirty_ratio, rng)
+            dirty = dirty_pages(ram, page_size, dirty_ratio, rng)
         for first in range(0, dirty.size, batch):
             queued = dirty[first : first + batch]
             d0 = time.perf_counter()
