@@ -38,6 +38,7 @@ cdef extern from "_simd.h" nogil:
     uint64_t mfz_popcount64(uint64_t v)
     void mfz_zero_page(uint8_t *p, size_t length)
     uint64_t mfz_read_all(const uint8_t *buf, size_t length)
+    void mfz_pages(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps, uint8_t *out)
 
 MIN_PAGE_SIZE = 1024
 MAX_PAGE_SIZE = 2 * 1024 * 1024
@@ -65,15 +66,26 @@ cdef object _as_int(object value, str name):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
 
 
+cdef enum:
+    _MIN_PS = 1024
+    _MAX_PS = 2 * 1024 * 1024
+
+
 cdef Py_ssize_t _check_page_size(object page_size) except -1:
+    cdef Py_ssize_t ps = 0
     if type(page_size) is not int:
         page_size = _as_int(page_size, "page_size")
-    if not MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE or page_size & (page_size - 1):
+    # Compared as a C integer: this runs on every kernel call.
+    try:
+        ps = page_size
+    except OverflowError:
+        ps = 0
+    if ps < _MIN_PS or ps > _MAX_PS or ps & (ps - 1):
         raise ValueError(
             f"page_size must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}, "
             f"got {page_size}"
         )
-    return page_size
+    return ps
 
 
 cdef int _get_bytes(object obj, Py_buffer *view, bint writable, str name) except -1:
@@ -154,23 +166,35 @@ cdef int _check_offsets(
     return 0
 
 
+# Batches up to this many pages (a whole multifd packet of 1 KiB pages) are
+# worked on in stack buffers: malloc and free cost more than a small batch's
+# bookkeeping.
+cdef enum:
+    _SMALL_BATCH = 512
+
+
 cdef uint64_t *_copy_offsets(
-    const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size
+    const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size, uint64_t *into=NULL
 ) except NULL:
     """Copy and check every offset; the copy is what the kernels then use.
 
     Working on a private copy means another thread that rewrites the caller's
-    array cannot make a kernel read or write outside the host buffer.
+    array cannot make a kernel read or write outside the host buffer. The copy
+    goes to ``into`` when given (room for every offset is the caller's duty),
+    else to new memory the caller frees.
     """
     cdef Py_ssize_t n = offs.len // 8
-    cdef uint64_t *copy = <uint64_t *>malloc(max(n, 1) * 8)
+    cdef uint64_t *copy = into
     if copy == NULL:
-        raise MemoryError()
+        copy = <uint64_t *>malloc(max(n, 1) * 8)
+        if copy == NULL:
+            raise MemoryError()
     memcpy(copy, offs.buf, n * 8)
     try:
         _check_offsets(copy, n, host_len, page_size, "offsets")
     except BaseException:
-        free(copy)
+        if copy != into:
+            free(copy)
         raise
     return copy
 
@@ -331,8 +355,7 @@ def zero_page_mask(buf, page_size=4096):
         mask = np.empty(n, dtype=_BOOL)
         out = _bool_data(mask)
         with nogil:
-            for i in range(n):
-                out[i] = mfz_is_zero(<const uint8_t *>view.buf + i * ps, ps)
+            mfz_pages(<const uint8_t *>view.buf, NULL, n, ps, out)
     finally:
         PyBuffer_Release(&view)
     return mask
@@ -378,6 +401,8 @@ def partition_zero_pages(host, offsets, page_size=4096):
     """
     cdef Py_buffer hv, ov
     cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef uint64_t small_work[_SMALL_BATCH]
+    cdef uint8_t small_zero[_SMALL_BATCH]
     cdef uint64_t *work = NULL
     cdef uint8_t *zero = NULL
     cdef Py_ssize_t n, normal = 0
@@ -386,10 +411,14 @@ def partition_zero_pages(host, offsets, page_size=4096):
         _get_u64(offsets, &ov, True, "offsets")
         try:
             n = ov.len // 8
-            work = _copy_offsets(&ov, hv.len, ps)
-            zero = <uint8_t *>malloc(max(n, 1))
-            if zero == NULL:
-                raise MemoryError()
+            if n <= _SMALL_BATCH:
+                work = _copy_offsets(&ov, hv.len, ps, small_work)
+                zero = small_zero
+            else:
+                work = _copy_offsets(&ov, hv.len, ps)
+                zero = <uint8_t *>malloc(n)
+                if zero == NULL:
+                    raise MemoryError()
             with nogil:
                 normal = _partition(<const uint8_t *>hv.buf, ps, work, zero, n)
                 memcpy(ov.buf, work, n * 8)
@@ -397,8 +426,10 @@ def partition_zero_pages(host, offsets, page_size=4096):
             PyBuffer_Release(&ov)
     finally:
         PyBuffer_Release(&hv)
-        free(work)
-        free(zero)
+        if work != small_work:
+            free(work)
+        if zero != small_zero:
+            free(zero)
     return normal
 
 
@@ -470,8 +501,7 @@ cdef Py_ssize_t _partition(
     cdef Py_ssize_t i = 0, j = n - 1, k
     cdef uint64_t tmp_off
     cdef uint8_t tmp_zero
-    for k in range(n):
-        zero[k] = mfz_is_zero(base + work[k], ps)
+    mfz_pages(base, work, n, ps, zero)
     # Replay QEMU's loop on the results, carrying each result with its
     # offset, so that the final order is QEMU's.
     while i <= j:
@@ -524,8 +554,7 @@ def scan_zero_pages(host, offsets, page_size=4096):
             out = _bool_data(mask)
             base = <const uint8_t *>hv.buf
             with nogil:
-                for k in range(n):
-                    out[k] = mfz_is_zero(base + work[k], ps)
+                mfz_pages(base, work, n, ps, out)
         finally:
             PyBuffer_Release(&ov)
     finally:

@@ -77,7 +77,7 @@ static inline const uint8_t *mfz_align_up(const uint8_t *p, uintptr_t a)
     return mfz_align_down(p + a - 1, a);
 }
 
-static int mfz_big_portable(const uint8_t *buf, size_t len)
+static inline int mfz_big_portable(const uint8_t *buf, size_t len)
 {
     const uint8_t *end = buf + len;
     if ((mfz_load64(buf) | mfz_load64(end - 8)) != 0) {
@@ -106,7 +106,7 @@ static inline int mfz_sse2_nonzero(__m128i v)
     return _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) != 0xFFFF;
 }
 
-static int mfz_big_sse2(const uint8_t *buf, size_t len)
+static inline int mfz_big_sse2(const uint8_t *buf, size_t len)
 {
     const uint8_t *end = buf + len;
     if (mfz_sse2_nonzero(_mm_or_si128(_mm_loadu_si128((const __m128i *)buf),
@@ -141,7 +141,7 @@ static int mfz_big_sse2(const uint8_t *buf, size_t len)
  * already keep a single core at its streaming-read limit in L2 and in DRAM,
  * and explicit prefetches only cost load slots in L2.
  */
-__attribute__((target("avx2"))) static int mfz_big_avx2(const uint8_t *buf, size_t len)
+__attribute__((target("avx2"))) static inline int mfz_big_avx2(const uint8_t *buf, size_t len)
 {
     const uint8_t *end = buf + len;
     __m256i t = _mm256_or_si256(_mm256_loadu_si256((const __m256i *)buf),
@@ -168,35 +168,102 @@ __attribute__((target("avx2"))) static int mfz_big_avx2(const uint8_t *buf, size
     return _mm256_testz_si256(t, t);
 }
 
-__attribute__((target("avx512f"))) static int mfz_big_avx512(const uint8_t *buf, size_t len)
+/*
+ * The edge vectors are folded into the first step instead of being tested on
+ * their own: one branch fewer per page, and the three sampled bytes have
+ * already rejected most pages whose edges are not zero.
+ */
+__attribute__((target("avx512f"))) static inline int mfz_big_avx512(const uint8_t *buf, size_t len)
 {
     const uint8_t *end = buf + len;
     __m512i t = _mm512_or_si512(_mm512_loadu_si512((const void *)buf),
                                 _mm512_loadu_si512((const void *)(end - 64)));
-    if (_mm512_test_epi64_mask(t, t)) {
-        return 0;
-    }
     const uint8_t *p = mfz_align_up(buf, 64);
     const uint8_t *e = mfz_align_down(end, 64);
+    /* 0xfe is a | b | c: one ternary-logic instruction ORs three vectors. */
     for (; e - p >= 512; p += 512) {
-        __m512i a = _mm512_or_si512(_mm512_load_si512((const void *)p),
-                                    _mm512_load_si512((const void *)(p + 128)));
-        __m512i b = _mm512_or_si512(_mm512_load_si512((const void *)(p + 64)),
-                                    _mm512_load_si512((const void *)(p + 192)));
-        __m512i c = _mm512_or_si512(_mm512_load_si512((const void *)(p + 256)),
-                                    _mm512_load_si512((const void *)(p + 384)));
-        __m512i d = _mm512_or_si512(_mm512_load_si512((const void *)(p + 320)),
-                                    _mm512_load_si512((const void *)(p + 448)));
-        t = _mm512_or_si512(_mm512_or_si512(a, b), _mm512_or_si512(c, d));
+        __m512i a = _mm512_ternarylogic_epi64(t, _mm512_load_si512((const void *)p),
+                                              _mm512_load_si512((const void *)(p + 64)), 0xfe);
+        __m512i b = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 128)),
+                                              _mm512_load_si512((const void *)(p + 192)),
+                                              _mm512_load_si512((const void *)(p + 256)), 0xfe);
+        __m512i c = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 320)),
+                                              _mm512_load_si512((const void *)(p + 384)),
+                                              _mm512_load_si512((const void *)(p + 448)), 0xfe);
+        t = _mm512_ternarylogic_epi64(a, b, c, 0xfe);
         if (_mm512_test_epi64_mask(t, t)) {
             return 0;
         }
     }
-    t = _mm512_setzero_si512();
     for (; p < e; p += 64) {
         t = _mm512_or_si512(t, _mm512_load_si512((const void *)p));
     }
     return _mm512_test_epi64_mask(t, t) == 0;
+}
+#endif
+
+/* ------------------------------------------------------- batches of pages */
+
+/* QEMU's three sampled bytes of a page: first, last and middle. */
+static inline int mfz_sampled_zero(const uint8_t *p, size_t len)
+{
+    return (p[0] | p[len - 1] | p[len / 2]) == 0;
+}
+
+/*
+ * out[i] = 1 when page i is all zero, else 0. Page i starts at base + offs[i],
+ * or at base + i * ps when offs is NULL; ps >= 1024. Each path has its own
+ * batch function so that the page check is inlined rather than called through
+ * a pointer per page, and 4 KiB pages get loops of their own: with a constant
+ * length the loop runs about 1 ns a page faster (measured in L2).
+ */
+#define MFZ_PAGE_LOOP(check, start, len)                                           \
+    for (size_t i = 0; i < n; i++) {                                               \
+        const uint8_t *p = base + (start);                                         \
+        out[i] = (uint8_t)(mfz_sampled_zero(p, (len)) && check(p, (len)));         \
+    }
+
+#define MFZ_PAGES_BODY(check)                                                      \
+    if (offs == NULL && ps == 4096) {                                              \
+        MFZ_PAGE_LOOP(check, i * 4096, 4096)                                       \
+    } else if (offs == NULL) {                                                     \
+        MFZ_PAGE_LOOP(check, i * ps, ps)                                           \
+    } else if (ps == 4096) {                                                       \
+        MFZ_PAGE_LOOP(check, offs[i], 4096)                                        \
+    } else {                                                                       \
+        MFZ_PAGE_LOOP(check, offs[i], ps)                                          \
+    }
+
+typedef void (*mfz_pages_fn)(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
+                             uint8_t *out);
+
+static void mfz_pages_portable(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
+                               uint8_t *out)
+{
+    MFZ_PAGES_BODY(mfz_big_portable)
+}
+
+#if MFZ_HAVE_SSE2
+static void mfz_pages_sse2(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
+                           uint8_t *out)
+{
+    MFZ_PAGES_BODY(mfz_big_sse2)
+}
+#endif
+
+#if MFZ_X86_DISPATCH
+__attribute__((target("avx2"))) static void mfz_pages_avx2(const uint8_t *base,
+                                                           const uint64_t *offs, size_t n,
+                                                           size_t ps, uint8_t *out)
+{
+    MFZ_PAGES_BODY(mfz_big_avx2)
+}
+
+__attribute__((target("avx512f"))) static void mfz_pages_avx512(const uint8_t *base,
+                                                              const uint64_t *offs, size_t n,
+                                                              size_t ps, uint8_t *out)
+{
+    MFZ_PAGES_BODY(mfz_big_avx512)
 }
 #endif
 
@@ -314,6 +381,7 @@ enum { MFZ_PORTABLE = 0, MFZ_SSE2 = 1, MFZ_AVX2 = 2, MFZ_AVX512 = 3, MFZ_NPATHS 
 static const char *const mfz_path_names[MFZ_NPATHS] = {"portable", "sse2", "avx2", "avx512"};
 
 static mfz_big_fn mfz_big = mfz_big_portable;
+static mfz_pages_fn mfz_pages = mfz_pages_portable;
 typedef void (*mfz_zero_fn)(uint8_t *, size_t);
 static mfz_zero_fn mfz_zero_page = mfz_zero_plain;
 static int mfz_current = MFZ_PORTABLE;
@@ -347,21 +415,25 @@ static int mfz_select(int path)
 #if MFZ_HAVE_SSE2
     case MFZ_SSE2:
         mfz_big = mfz_big_sse2;
+        mfz_pages = mfz_pages_sse2;
         mfz_zero_page = mfz_zero_stream_sse2;
         break;
 #endif
 #if MFZ_X86_DISPATCH
     case MFZ_AVX2:
         mfz_big = mfz_big_avx2;
+        mfz_pages = mfz_pages_avx2;
         mfz_zero_page = mfz_zero_stream_sse2;
         break;
     case MFZ_AVX512:
         mfz_big = mfz_big_avx512;
+        mfz_pages = mfz_pages_avx512;
         mfz_zero_page = mfz_zero_stream_avx512;
         break;
 #endif
     default:
         mfz_big = mfz_big_portable;
+        mfz_pages = mfz_pages_portable;
         break;
     }
     mfz_current = path;

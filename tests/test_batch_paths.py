@@ -1,0 +1,69 @@
+"""The batch kernels on every SIMD path: one marker byte at every position of a page.
+
+``zero_page_mask``, ``scan_zero_pages`` and ``partition_zero_pages`` run one
+compiled loop per path, with the page check inlined and separate loops for
+4 KiB pages and for other sizes, and for consecutive pages and for offsets.
+Each loop is checked here against the model, at host starts that put the
+page edges anywhere inside a cache line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference_model import ref_partition, ref_zero_page_mask
+
+import multifd_zero as mz
+
+SHIFTS = (0, 1, 8, 16, 32, 63)
+
+
+def _marked_pages(page_size: int, shift: int, step: int) -> memoryview:
+    """Page ``k`` has its one non-zero byte at ``k * step``; two zero pages close the host.
+
+    The host is a view that starts ``shift`` bytes into its backing bytearray.
+    """
+    positions = range(0, page_size, step)
+    pages = len(positions) + 2
+    backing = bytearray(shift + pages * page_size)
+    for k, pos in enumerate(positions):
+        backing[shift + k * page_size + pos] = 1 + k % 255
+    return memoryview(backing)[shift:]
+
+
+@pytest.mark.parametrize("shift", SHIFTS)
+@pytest.mark.parametrize(("page_size", "step"), [(1024, 1), (4096, 1), (8192, 7)])
+def test_mask_scan_and_partition_see_every_marker(
+    simd_path: str, page_size: int, step: int, shift: int
+) -> None:
+    """Every page with a marker is normal, the closing pages are zero, on this path."""
+    host = _marked_pages(page_size, shift, step)
+    expected = ref_zero_page_mask(bytes(host), page_size)
+    assert expected.count(True) == 2
+
+    assert mz.zero_page_mask(host, page_size).tolist() == expected
+
+    pages = len(expected)
+    offsets = (np.arange(pages, dtype=np.uint64) * np.uint64(page_size))[::-1].copy()
+    assert mz.scan_zero_pages(host, offsets, page_size).tolist() == expected[::-1]
+
+    model = ref_partition(bytes(host), offsets.tolist(), page_size)
+    assert mz.partition_zero_pages(host, offsets, page_size) == model.normal_num
+    assert offsets.tolist() == model.offsets
+    assert mz.get_simd() == simd_path
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096, 65536])
+def test_small_and_large_batches_agree(simd_path: str, page_size: int) -> None:
+    """Batches that fit the stack buffers and batches that do not give the model's order."""
+    rng = np.random.default_rng(page_size)
+    pages = 1100 if page_size <= 4096 else 40
+    ram = np.zeros((pages, page_size), dtype=np.uint8)
+    normal = rng.random(pages) < 0.5
+    ram[normal, rng.integers(0, page_size, size=int(normal.sum()))] = 0x80
+    host = ram.tobytes()
+    for count in (1, 511, 512, 513, pages):
+        offsets = rng.permutation(pages)[:count].astype(np.uint64) * np.uint64(page_size)
+        model = ref_partition(host, offsets.tolist(), page_size)
+        assert mz.partition_zero_pages(host, offsets, page_size) == model.normal_num, count
+        assert offsets.tolist() == model.offsets, count
