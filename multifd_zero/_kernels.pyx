@@ -18,7 +18,7 @@ from cpython.buffer cimport (
 )
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 
 import operator
 
@@ -39,6 +39,8 @@ cdef extern from "_simd.h" nogil:
     void mfz_zero_page(uint8_t *p, size_t length)
     uint64_t mfz_read_all(const uint8_t *buf, size_t length)
     void mfz_pages(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps, uint8_t *out)
+    int mfz_offsets_ok(const uint64_t *offs, size_t n, uint64_t align_mask, uint64_t limit)
+    size_t mfz_count_nonzero(const uint8_t *flags, size_t n)
 
 MIN_PAGE_SIZE = 1024
 MAX_PAGE_SIZE = 2 * 1024 * 1024
@@ -152,6 +154,9 @@ cdef int _check_offsets(
     cdef Py_ssize_t i
     cdef uint64_t off
     cdef uint64_t limit = <uint64_t>(host_len - page_size) if host_len >= page_size else 0
+    if n == 0 or (host_len >= page_size and mfz_offsets_ok(offs, n, page_size - 1, limit)):
+        return 0
+    # Something is wrong: find the first bad offset for the message.
     for i in range(n):
         off = offs[i]
         if off & <uint64_t>(page_size - 1):
@@ -501,7 +506,18 @@ cdef Py_ssize_t _partition(
     cdef Py_ssize_t i = 0, j = n - 1, k
     cdef uint64_t tmp_off
     cdef uint8_t tmp_zero
+    cdef Py_ssize_t zeros
     mfz_pages(base, work, n, ps, zero)
+    zeros = mfz_count_nonzero(zero, n)
+    if zeros == 0:
+        return n
+    if zeros == n:
+        # QEMU's loop on a batch of zero pages swaps offset[0] with each
+        # offset[j] in turn, from the back: the order rotates left by one.
+        tmp_off = work[0]
+        memmove(work, work + 1, (n - 1) * 8)
+        work[n - 1] = tmp_off
+        return 0
     # Replay QEMU's loop on the results, carrying each result with its
     # offset, so that the final order is QEMU's.
     while i <= j:

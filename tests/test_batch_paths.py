@@ -67,3 +67,20 @@ def test_small_and_large_batches_agree(simd_path: str, page_size: int) -> None:
         model = ref_partition(host, offsets.tolist(), page_size)
         assert mz.partition_zero_pages(host, offsets, page_size) == model.normal_num, count
         assert offsets.tolist() == model.offsets, count
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 128, 513])
+@pytest.mark.parametrize("kind", ["all zero", "all normal"])
+def test_uniform_batches_take_qemus_order(simd_path: str, count: int, kind: str) -> None:
+    """All-zero and all-normal batches (a shortcut skips the replay) still end in QEMU's order."""
+    page_size = 4096
+    ram = np.zeros((count + 3, page_size), dtype=np.uint8)
+    if kind == "all normal":
+        ram[:, 100] = 7
+    host = ram.tobytes()
+    offsets = np.random.default_rng(count).permutation(count + 3)[:count].astype(np.uint64)
+    offsets *= np.uint64(page_size)
+    model = ref_partition(host, offsets.tolist(), page_size)
+    assert mz.partition_zero_pages(host, offsets, page_size) == model.normal_num
+    assert offsets.tolist() == model.offsets
+    assert model.normal_num == (count if kind == "all normal" else 0)
