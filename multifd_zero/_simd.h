@@ -137,9 +137,10 @@ static inline int mfz_big_sse2(const uint8_t *buf, size_t len)
 
 #if MFZ_X86_DISPATCH
 /*
- * No software prefetch: measured on Sapphire Rapids, the hardware prefetchers
- * already keep a single core at its streaming-read limit in L2 and in DRAM,
- * and explicit prefetches only cost load slots in L2.
+ * No software prefetch inside a buffer: measured on Sapphire Rapids, the
+ * hardware prefetchers keep up within a contiguous buffer, and explicit
+ * prefetches only cost load slots in L2. (The batch loops below do prefetch
+ * the head of the next page, which the hardware cannot guess.)
  */
 __attribute__((target("avx2"))) static inline int mfz_big_avx2(const uint8_t *buf, size_t len)
 {
@@ -217,40 +218,37 @@ static inline int mfz_sampled_zero(const uint8_t *p, size_t len)
  * a pointer per page, and 4 KiB pages get loops of their own: with a constant
  * length the loop runs about 1 ns a page faster (measured in L2).
  */
-#define MFZ_PAGE_LOOP(check, start, len)                                           \
+#if defined(__GNUC__)
+#define MFZ_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define MFZ_PREFETCH(p) ((void)(p))
+#endif
+
+/*
+ * The hardware prefetchers stop at each 4 KiB boundary and the next page of
+ * a batch need not follow this one, so the head of the next page is asked
+ * for while this one is read (measured: 2-4% faster out of cache, neutral in L2).
+ */
+#define MFZ_PAGE_LOOP(check, start, len, next)                                     \
     for (size_t i = 0; i < n; i++) {                                               \
         const uint8_t *p = base + (start);                                         \
+        if (i + 1 < n) {                                                           \
+            const uint8_t *q_ = base + (next);                                     \
+            MFZ_PREFETCH(q_);                                                      \
+            MFZ_PREFETCH(q_ + 256);                                                \
+        }                                                                          \
         out[i] = (uint8_t)(mfz_sampled_zero(p, (len)) && check(p, (len)));         \
     }
 
-/*
- * Every offset is a multiple of the page size, itself a multiple of 512, so
- * all pages of a batch share the host's alignment: when the host is 64-byte
- * aligned (guest RAM, mmap, shared memory always are), the pages are read
- * with aligned loads only, without the edge vectors.
- */
-#define MFZ_PAGES_BODY(check, check_aligned)                                       \
-    int aligned_ = ((uintptr_t)base & 63) == 0;                                    \
-    if (aligned_ && ps == 4096) {                                                  \
-        if (offs == NULL) {                                                        \
-            MFZ_PAGE_LOOP(check_aligned, i * 4096, 4096)                           \
-        } else {                                                                   \
-            MFZ_PAGE_LOOP(check_aligned, offs[i], 4096)                            \
-        }                                                                          \
-    } else if (aligned_) {                                                         \
-        if (offs == NULL) {                                                        \
-            MFZ_PAGE_LOOP(check_aligned, i * ps, ps)                               \
-        } else {                                                                   \
-            MFZ_PAGE_LOOP(check_aligned, offs[i], ps)                              \
-        }                                                                          \
-    } else if (offs == NULL && ps == 4096) {                                       \
-        MFZ_PAGE_LOOP(check, i * 4096, 4096)                                       \
+#define MFZ_PAGES_BODY(check)                                                      \
+    if (offs == NULL && ps == 4096) {                                              \
+        MFZ_PAGE_LOOP(check, i * 4096, 4096, (i + 1) * 4096)                       \
     } else if (offs == NULL) {                                                     \
-        MFZ_PAGE_LOOP(check, i * ps, ps)                                           \
+        MFZ_PAGE_LOOP(check, i * ps, ps, (i + 1) * ps)                             \
     } else if (ps == 4096) {                                                       \
-        MFZ_PAGE_LOOP(check, offs[i], 4096)                                        \
+        MFZ_PAGE_LOOP(check, offs[i], 4096, offs[i + 1])                           \
     } else {                                                                       \
-        MFZ_PAGE_LOOP(check, offs[i], ps)                                          \
+        MFZ_PAGE_LOOP(check, offs[i], ps, offs[i + 1])                             \
     }
 
 typedef void (*mfz_pages_fn)(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
@@ -259,71 +257,35 @@ typedef void (*mfz_pages_fn)(const uint8_t *base, const uint64_t *offs, size_t n
 static void mfz_pages_portable(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
                                uint8_t *out)
 {
-    MFZ_PAGES_BODY(mfz_big_portable, mfz_big_portable)
+    MFZ_PAGES_BODY(mfz_big_portable)
 }
 
 #if MFZ_HAVE_SSE2
 static void mfz_pages_sse2(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
                            uint8_t *out)
 {
-    MFZ_PAGES_BODY(mfz_big_sse2, mfz_big_sse2)
+    MFZ_PAGES_BODY(mfz_big_sse2)
 }
 #endif
 
+/*
+ * No aligned-only variant for 64-byte aligned hosts: measured, skipping the
+ * edge vectors there was no faster in L2 and 4% slower out of cache (the
+ * early load of the page's last line helps the prefetchers).
+ */
 #if MFZ_X86_DISPATCH
-/* A 64-byte aligned page whose length is a multiple of 512. */
-__attribute__((target("avx2"))) static inline int mfz_aligned_avx2(const uint8_t *p, size_t len)
-{
-    const __m256i *v = (const __m256i *)p;
-    const __m256i *e = (const __m256i *)(p + len);
-    for (; v < e; v += 16) {
-        __m256i a = _mm256_or_si256(_mm256_or_si256(v[0], v[4]), _mm256_or_si256(v[8], v[12]));
-        __m256i b = _mm256_or_si256(_mm256_or_si256(v[1], v[5]), _mm256_or_si256(v[9], v[13]));
-        __m256i c = _mm256_or_si256(_mm256_or_si256(v[2], v[6]), _mm256_or_si256(v[10], v[14]));
-        __m256i d = _mm256_or_si256(_mm256_or_si256(v[3], v[7]), _mm256_or_si256(v[11], v[15]));
-        __m256i t = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
-        if (!_mm256_testz_si256(t, t)) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 __attribute__((target("avx2"))) static void mfz_pages_avx2(const uint8_t *base,
                                                            const uint64_t *offs, size_t n,
                                                            size_t ps, uint8_t *out)
 {
-    MFZ_PAGES_BODY(mfz_big_avx2, mfz_aligned_avx2)
-}
-
-/* A 64-byte aligned page whose length is a multiple of 512. */
-__attribute__((target("avx512f"))) static inline int mfz_aligned_avx512(const uint8_t *p,
-                                                                     size_t len)
-{
-    const uint8_t *e = p + len;
-    for (; p < e; p += 512) {
-        __m512i a = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)p),
-                                              _mm512_load_si512((const void *)(p + 64)),
-                                              _mm512_load_si512((const void *)(p + 128)), 0xfe);
-        __m512i b = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 192)),
-                                              _mm512_load_si512((const void *)(p + 256)),
-                                              _mm512_load_si512((const void *)(p + 320)), 0xfe);
-        __m512i t = _mm512_ternarylogic_epi64(a, b,
-                                              _mm512_or_si512(_mm512_load_si512((const void *)(p + 384)),
-                                                              _mm512_load_si512((const void *)(p + 448))),
-                                              0xfe);
-        if (_mm512_test_epi64_mask(t, t)) {
-            return 0;
-        }
-    }
-    return 1;
+    MFZ_PAGES_BODY(mfz_big_avx2)
 }
 
 __attribute__((target("avx512f"))) static void mfz_pages_avx512(const uint8_t *base,
                                                               const uint64_t *offs, size_t n,
                                                               size_t ps, uint8_t *out)
 {
-    MFZ_PAGES_BODY(mfz_big_avx512, mfz_aligned_avx512)
+    MFZ_PAGES_BODY(mfz_big_avx512)
 }
 #endif
 
@@ -336,12 +298,13 @@ __attribute__((target("avx512f"))) static void mfz_pages_avx512(const uint8_t *b
  */
 static int mfz_offsets_ok(const uint64_t *offs, size_t n, uint64_t align_mask, uint64_t limit)
 {
-    uint64_t bits = 0, high = 0;
+    uint64_t bits = 0;
+    int over = 0;
     for (size_t i = 0; i < n; i++) {
         bits |= offs[i];
-        high = offs[i] > high ? offs[i] : high;
+        over |= offs[i] > limit;
     }
-    return (bits & align_mask) == 0 && high <= limit;
+    return (bits & align_mask) == 0 && !over;
 }
 
 static size_t mfz_count_nonzero(const uint8_t *flags, size_t n)
