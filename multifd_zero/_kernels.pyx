@@ -37,6 +37,7 @@ cdef extern from "_simd.h" nogil:
     int mfz_bit_clear(uint64_t *bitmap, uint64_t bit)
     uint64_t mfz_popcount64(uint64_t v)
     void mfz_zero_page(uint8_t *p, size_t length)
+    void mfz_store_fence()
     uint64_t mfz_read_all(const uint8_t *buf, size_t length)
     void mfz_pages(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps, uint8_t *out)
     int mfz_offsets_ok(const uint64_t *offs, size_t n, uint64_t align_mask, uint64_t limit)
@@ -613,6 +614,7 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
     cdef Py_ssize_t n, k, written = 0
     cdef uint64_t bit
     cdef int received, how
+    cdef bint unfenced = False
     cdef uint8_t *base
     cdef uint64_t *words
     cdef int shift = 0
@@ -644,8 +646,16 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
                         elif how == _ALWAYS or received:
                             mfz_zero_page(base + work[k], ps)
                             written += 1
+                            unfenced = True
                         if not received:
+                            # The zeroes must be visible before the bit that
+                            # says the page has arrived.
+                            if unfenced:
+                                mfz_store_fence()
+                                unfenced = False
                             mfz_bit_set(words, bit)
+                    if unfenced:
+                        mfz_store_fence()
             finally:
                 PyBuffer_Release(&ov)
         finally:
@@ -851,6 +861,18 @@ def _read_all(buf):
     finally:
         PyBuffer_Release(&view)
     return r
+
+
+def _zero_all(buf):
+    """Zero all of writable ``buf`` with the receiver's stores; for the benchmark's limit row."""
+    cdef Py_buffer view
+    _get_bytes(buf, &view, True, "buf")
+    try:
+        with nogil:
+            mfz_zero_page(<uint8_t *>view.buf, view.len)
+            mfz_store_fence()
+    finally:
+        PyBuffer_Release(&view)
 
 
 # ---------------------------------------------------------------- SIMD paths

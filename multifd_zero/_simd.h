@@ -321,12 +321,23 @@ static size_t mfz_count_nonzero(const uint8_t *flags, size_t n)
 /*
  * The receiver zeroes pages that are not going to be read soon, and out of
  * cache a plain memset first reads every line it writes. Streaming stores
- * skip that read. They are weakly ordered, hence the fence before the page's
- * receivedmap bit is set.
+ * skip that read. They are weakly ordered: the caller runs mfz_store_fence
+ * before it sets a receivedmap bit after them, and before it returns. One
+ * fence per page instead halved the zeroing rate (measured, out of cache).
  */
 static void mfz_zero_plain(uint8_t *p, size_t len)
 {
     memset(p, 0, len);
+}
+
+/* Orders the zeroing stores before the stores that follow (receivedmap bits). */
+static inline void mfz_store_fence(void)
+{
+#if MFZ_X86_DISPATCH || (defined(_MSC_VER) && defined(_M_X64))
+    _mm_sfence();
+#elif defined(__GNUC__)
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+#endif
 }
 
 #if MFZ_HAVE_SSE2
@@ -349,7 +360,6 @@ static void mfz_zero_stream_sse2(uint8_t *p, size_t len)
         _mm_stream_si128((__m128i *)(a + 48), z);
     }
     memset(e, 0, (size_t)(end - e));
-    _mm_sfence();
 }
 #endif
 
@@ -369,7 +379,6 @@ __attribute__((target("avx512f"))) static void mfz_zero_stream_avx512(uint8_t *p
         _mm512_stream_si512((void *)a, z);
     }
     memset(e, 0, (size_t)(end - e));
-    _mm_sfence();
 }
 #endif
 
@@ -391,23 +400,30 @@ static uint64_t mfz_read_all_portable(const uint8_t *buf, size_t len)
 }
 
 #if MFZ_X86_DISPATCH
+/* The fastest whole-buffer loop measured here: a chain of ternary-logic ORs. */
 __attribute__((target("avx512f"))) static uint64_t mfz_read_all_avx512(const uint8_t *buf, size_t len)
 {
-    __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
+    __m512i t = _mm512_setzero_si512();
     size_t head = (size_t)(mfz_align_up(buf, 64) - buf);
     if (head > len) {
         head = len;
     }
     uint64_t edge = mfz_read_all_portable(buf, head);
-    size_t i = head;
-    for (; i + 256 <= len; i += 256) {
-        a = _mm512_or_si512(a, _mm512_load_si512((const void *)(buf + i)));
-        b = _mm512_or_si512(b, _mm512_load_si512((const void *)(buf + i + 64)));
-        c = _mm512_or_si512(c, _mm512_load_si512((const void *)(buf + i + 128)));
-        d = _mm512_or_si512(d, _mm512_load_si512((const void *)(buf + i + 192)));
+    const uint8_t *p = buf + head;
+    const uint8_t *e = p + ((len - head) & ~(size_t)511);
+    for (; p < e; p += 512) {
+        __m512i a = _mm512_ternarylogic_epi64(t, _mm512_load_si512((const void *)p),
+                                              _mm512_load_si512((const void *)(p + 64)), 0xfe);
+        __m512i b = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 128)),
+                                              _mm512_load_si512((const void *)(p + 192)),
+                                              _mm512_load_si512((const void *)(p + 256)), 0xfe);
+        __m512i c = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 320)),
+                                              _mm512_load_si512((const void *)(p + 384)),
+                                              _mm512_load_si512((const void *)(p + 448)), 0xfe);
+        t = _mm512_ternarylogic_epi64(a, b, c, 0xfe);
     }
-    a = _mm512_or_si512(_mm512_or_si512(a, b), _mm512_or_si512(c, d));
-    return (uint64_t)_mm512_reduce_or_epi64(a) | edge | mfz_read_all_portable(buf + i, len - i);
+    return (uint64_t)_mm512_reduce_or_epi64(t) | edge |
+           mfz_read_all_portable(p, (size_t)(buf + len - p));
 }
 #endif
 

@@ -295,7 +295,37 @@ def _recv_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> Benc
     )
     words = ram.view(np.uint64)
     row.ns_per_page["numpy"] = _median_ns(lambda: words.fill(0), n, repeats, min_time)
-    row.note = f"{ram.size >> 20} MiB; numpy: ndarray.fill(0) of the same memory"
+    row.ns_per_page["write limit"] = _median_ns(
+        lambda: _kernels._zero_all(ram), n, repeats, min_time
+    )
+    row.note = (
+        f"{ram.size >> 20} MiB; numpy: ndarray.fill(0) of the same memory; "
+        "write limit: the same streaming stores over the whole region in one call"
+    )
+    return row
+
+
+def _recv_legacy_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> BenchRow:
+    """The legacy receiver reads each zero page and writes only those that are not zero."""
+    n = ram.size // PAGE
+    offsets = np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
+    bitmap = np.zeros((n + 63) // 64, dtype=np.uint64)
+    row = BenchRow("destination zero-page process, legacy stream (read, write if not zero)", n)
+    row.ns_per_page["multifd_zero"] = _median_ns(
+        lambda: _kernels.recv_zero_pages(ram, bitmap, offsets, PAGE, _kernels.ZERO_IF_NONZERO),
+        n, repeats, min_time,
+    )
+    row.ns_per_page["partition"] = _median_ns(
+        lambda: _kernels.partition_batches(ram, offsets.reshape(-1, BATCH), PAGE),
+        n, repeats, min_time,
+    )
+    row.ns_per_page["read limit"] = _median_ns(
+        lambda: _kernels._read_all(ram), n, repeats, min_time
+    )
+    row.note = (
+        f"{ram.size >> 20} MiB of zero pages, out of cache: nothing to write, so the "
+        "receiver reads at the partition's speed"
+    )
     return row
 
 
@@ -326,6 +356,7 @@ def run_benchmarks(
     rows.append(_region_row(f"{region_mib} MiB region, 100% zero", big_zero, repeats, min_time))
     rows.extend(_scaling_rows(big_zero, repeats))
     rows.append(_recv_row(big_zero, repeats, min_time))
+    rows.append(_recv_legacy_row(big_zero, repeats, min_time))
     del big_zero
     mixed = _pages(region_mib * 256, 0.5, seed=6)
     rows.append(
