@@ -400,10 +400,10 @@ static uint64_t mfz_read_all_portable(const uint8_t *buf, size_t len)
 }
 
 #if MFZ_X86_DISPATCH
-/* The fastest whole-buffer loop measured here: a chain of ternary-logic ORs. */
+/* The fastest whole-buffer loop measured here: eight lines ORed per step. */
 __attribute__((target("avx512f"))) static uint64_t mfz_read_all_avx512(const uint8_t *buf, size_t len)
 {
-    __m512i t = _mm512_setzero_si512();
+    __m512i acc = _mm512_setzero_si512();
     size_t head = (size_t)(mfz_align_up(buf, 64) - buf);
     if (head > len) {
         head = len;
@@ -412,17 +412,17 @@ __attribute__((target("avx512f"))) static uint64_t mfz_read_all_avx512(const uin
     const uint8_t *p = buf + head;
     const uint8_t *e = p + ((len - head) & ~(size_t)511);
     for (; p < e; p += 512) {
-        __m512i a = _mm512_ternarylogic_epi64(t, _mm512_load_si512((const void *)p),
-                                              _mm512_load_si512((const void *)(p + 64)), 0xfe);
-        __m512i b = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 128)),
-                                              _mm512_load_si512((const void *)(p + 192)),
-                                              _mm512_load_si512((const void *)(p + 256)), 0xfe);
-        __m512i c = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 320)),
-                                              _mm512_load_si512((const void *)(p + 384)),
-                                              _mm512_load_si512((const void *)(p + 448)), 0xfe);
-        t = _mm512_ternarylogic_epi64(a, b, c, 0xfe);
+        __m512i a = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)p),
+                                              _mm512_load_si512((const void *)(p + 64)),
+                                              _mm512_load_si512((const void *)(p + 128)), 0xfe);
+        __m512i b = _mm512_ternarylogic_epi64(_mm512_load_si512((const void *)(p + 192)),
+                                              _mm512_load_si512((const void *)(p + 256)),
+                                              _mm512_load_si512((const void *)(p + 320)), 0xfe);
+        __m512i c = _mm512_or_si512(_mm512_load_si512((const void *)(p + 384)),
+                                    _mm512_load_si512((const void *)(p + 448)));
+        acc = _mm512_or_si512(acc, _mm512_ternarylogic_epi64(a, b, c, 0xfe));
     }
-    return (uint64_t)_mm512_reduce_or_epi64(t) | edge |
+    return (uint64_t)_mm512_reduce_or_epi64(acc) | edge |
            mfz_read_all_portable(p, (size_t)(buf + len - p));
 }
 #endif

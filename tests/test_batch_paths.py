@@ -14,6 +14,7 @@ import pytest
 from reference_model import ref_partition, ref_zero_page_mask
 
 import multifd_zero as mz
+from multifd_zero import _kernels
 
 SHIFTS = (0, 1, 8, 16, 32, 63)
 
@@ -84,3 +85,27 @@ def test_uniform_batches_take_qemus_order(simd_path: str, count: int, kind: str)
     assert mz.partition_zero_pages(host, offsets, page_size) == model.normal_num
     assert offsets.tolist() == model.offsets
     assert model.normal_num == (count if kind == "all normal" else 0)
+
+
+@pytest.mark.parametrize("shift", [0, 1, 32, 63])
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 511, 512, 513, 1100, 4096 + 77])
+def test_read_all_limit_loop_sees_every_byte(shift: int, length: int) -> None:
+    """The benchmark's read-limit loop ORs every byte: a marker anywhere shows."""
+    backing = bytearray(shift + length)
+    view = memoryview(backing)[shift:]
+    assert _kernels._read_all(view) == 0
+    for pos in range(length):
+        backing[shift + pos] = 0x80
+        assert _kernels._read_all(view) != 0, pos
+        backing[shift + pos] = 0
+
+
+@pytest.mark.parametrize("shift", [0, 16, 63])
+def test_zero_all_limit_loop_zeroes_exactly_the_buffer(shift: int) -> None:
+    """The write-limit loop zeroes its buffer and not a byte around it; read-only is refused."""
+    backing = bytearray(b"\xff" * (shift + 70_000 + 64))
+    _kernels._zero_all(memoryview(backing)[shift : shift + 70_000])
+    assert backing[shift : shift + 70_000] == bytes(70_000)
+    assert set(backing[:shift]) <= {0xFF} and set(backing[shift + 70_000 :]) == {0xFF}
+    with pytest.raises(ValueError, match="read-only"):
+        _kernels._zero_all(bytes(4096))
