@@ -28,8 +28,8 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.ticker
 
     rows = [r for r in result["rows"] if "multifd_zero" in r["ns_per_page"]]
-    contenders = ["multifd_zero", "numpy", "bytes ==", "read limit"]
-    colours = ["#1b6ca8", "#e07b39", "#7a7a7a", "#4caf50"]
+    contenders = ["multifd_zero", "numpy", "bytes ==", "read limit", "write limit"]
+    colours = ["#1b6ca8", "#e07b39", "#7a7a7a", "#4caf50", "#8e44ad"]
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.8))
     height = 0.8 / len(contenders)
     for k, (who, colour) in enumerate(zip(contenders, colours, strict=True)):
