@@ -36,6 +36,13 @@ class BenchRow:
     ns_per_page: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
+    def measure(
+        self, contenders: dict[str, Callable[[], object]], repeats: int, min_time: float
+    ) -> None:
+        """Time each contender over this row's pages, in order (see ``_median_ns``)."""
+        for who, fn in contenders.items():
+            self.ns_per_page[who] = _median_ns(fn, self.pages, repeats, min_time)
+
     def gb_per_s(self, who: str) -> float:
         """Guest memory scanned per second, in GB/s (1e9 bytes)."""
         return PAGE / self.ns_per_page[who]
@@ -112,17 +119,15 @@ def _batch_row(name: str, zero_share: float, repeats: int, min_time: float) -> B
     off_list = offsets.tolist()
     zero_page = bytes(PAGE)
     row = BenchRow(name, BATCH)
-    row.ns_per_page["multifd_zero"] = _median_ns(
-        lambda: _kernels.partition_zero_pages(host, offsets, PAGE), BATCH, repeats, min_time
-    )
-    row.ns_per_page["numpy"] = _median_ns(
-        lambda: _numpy_partition(words, offsets), BATCH, repeats, min_time
-    )
-    row.ns_per_page["bytes =="] = _median_ns(
-        lambda: _bytes_partition(host, off_list, zero_page), BATCH, repeats, min_time
-    )
-    row.ns_per_page["read limit"] = _median_ns(
-        lambda: _kernels._read_all(host), BATCH, repeats, min_time
+    row.measure(
+        {
+            "multifd_zero": lambda: _kernels.partition_zero_pages(host, offsets, PAGE),
+            "numpy": lambda: _numpy_partition(words, offsets),
+            "bytes ==": lambda: _bytes_partition(host, off_list, zero_page),
+            "read limit": lambda: _kernels._read_all(host),
+        },
+        repeats,
+        min_time,
     )
     row.note = (
         "one 512 KiB batch (128 x 4 KiB), in L2; numpy: bitwise_or.reduce(axis=1) + split; "
@@ -152,18 +157,27 @@ def _region_row(
         return sum(raw[o : o + PAGE] == zero_page for o in range(0, len(raw), PAGE))
 
     row.ns_per_page["bytes =="] = _median_ns(by_bytes, n, max(1, repeats // 3), min_time)
-    offsets = (np.arange(n, dtype=np.uint64) * np.uint64(PAGE)).reshape(-1, BATCH)
-    row.ns_per_page["partition"] = _median_ns(
-        lambda: _kernels.partition_batches(ram, offsets, PAGE), n, repeats, min_time
-    )
-    row.ns_per_page["read limit"] = _median_ns(
-        lambda: _kernels._read_all(ram), n, repeats, min_time
-    )
+    _add_partition_and_read_limit(row, ram, repeats, min_time)
     row.note = (
         f"{ram.size >> 20} MiB region, out of cache; multifd_zero: zero_page_mask; "
         "partition: partition_batches over every 128-page batch; numpy: any(axis=1)"
     )
     return row
+
+
+def _add_partition_and_read_limit(
+    row: BenchRow, ram: npt.NDArray[np.uint8], repeats: int, min_time: float
+) -> None:
+    """Add two contenders over a whole region: every 128-page batch partitioned, and one read."""
+    offsets = (np.arange(row.pages, dtype=np.uint64) * np.uint64(PAGE)).reshape(-1, BATCH)
+    row.measure(
+        {
+            "partition": lambda: _kernels.partition_batches(ram, offsets, PAGE),
+            "read limit": lambda: _kernels._read_all(ram),
+        },
+        repeats,
+        min_time,
+    )
 
 
 def _threads_ns(fn: Callable[[int], object], nthreads: int, units: int, repeats: int) -> float:
@@ -283,20 +297,30 @@ def _big_is_zero_row(repeats: int, min_time: float) -> BenchRow:
     return row
 
 
-def _recv_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> BenchRow:
+def _recv_inputs(
+    ram: npt.NDArray[np.uint8],
+) -> tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """Pages, every page's offset and an empty receivedmap for the receiver rows."""
     n = ram.size // PAGE
     offsets = np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
-    bitmap = np.zeros((n + 63) // 64, dtype=np.uint64)
+    return n, offsets, np.zeros((n + 63) // 64, dtype=np.uint64)
+
+
+def _recv_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> BenchRow:
+    n, offsets, bitmap = _recv_inputs(ram)
     row = BenchRow("destination zero-page process, pages received before (memset)", n)
     bitmap[:] = np.uint64(0xFFFFFFFFFFFFFFFF)
-    row.ns_per_page["multifd_zero"] = _median_ns(
-        lambda: _kernels.recv_zero_pages(ram, bitmap, offsets, PAGE, _kernels.ZERO_ALWAYS),
-        n, repeats, min_time,
-    )
     words = ram.view(np.uint64)
-    row.ns_per_page["numpy"] = _median_ns(lambda: words.fill(0), n, repeats, min_time)
-    row.ns_per_page["write limit"] = _median_ns(
-        lambda: _kernels._zero_all(ram), n, repeats, min_time
+    row.measure(
+        {
+            "multifd_zero": lambda: _kernels.recv_zero_pages(
+                ram, bitmap, offsets, PAGE, _kernels.ZERO_ALWAYS
+            ),
+            "numpy": lambda: words.fill(0),
+            "write limit": lambda: _kernels._zero_all(ram),
+        },
+        repeats,
+        min_time,
     )
     row.note = (
         f"{ram.size >> 20} MiB; numpy: ndarray.fill(0) of the same memory; "
@@ -307,21 +331,18 @@ def _recv_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> Benc
 
 def _recv_legacy_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> BenchRow:
     """The legacy receiver reads each zero page and writes only those that are not zero."""
-    n = ram.size // PAGE
-    offsets = np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
-    bitmap = np.zeros((n + 63) // 64, dtype=np.uint64)
+    n, offsets, bitmap = _recv_inputs(ram)
     row = BenchRow("destination zero-page process, legacy stream (read, write if not zero)", n)
-    row.ns_per_page["multifd_zero"] = _median_ns(
-        lambda: _kernels.recv_zero_pages(ram, bitmap, offsets, PAGE, _kernels.ZERO_IF_NONZERO),
-        n, repeats, min_time,
+    row.measure(
+        {
+            "multifd_zero": lambda: _kernels.recv_zero_pages(
+                ram, bitmap, offsets, PAGE, _kernels.ZERO_IF_NONZERO
+            )
+        },
+        repeats,
+        min_time,
     )
-    row.ns_per_page["partition"] = _median_ns(
-        lambda: _kernels.partition_batches(ram, offsets.reshape(-1, BATCH), PAGE),
-        n, repeats, min_time,
-    )
-    row.ns_per_page["read limit"] = _median_ns(
-        lambda: _kernels._read_all(ram), n, repeats, min_time
-    )
+    _add_partition_and_read_limit(row, ram, repeats, min_time)
     row.note = (
         f"{ram.size >> 20} MiB of zero pages, out of cache: nothing to write, so the "
         "receiver reads at the partition's speed"
