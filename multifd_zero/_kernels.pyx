@@ -587,7 +587,9 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
 
     For each offset, in order (QEMU's ``multifd_recv_zero_page_process``):
     the page's receivedmap bit is tested; the page is zeroed when ``mode``
-    says so; a bit that was clear is then set atomically.
+    says so; a bit that was clear is then set atomically. A thread that sees
+    a bit set also sees the zeroes written before it (one store fence before
+    the next bit, and one before returning).
 
     Parameters
     ----------
