@@ -137,8 +137,14 @@ def _batch_row(name: str, zero_share: float, repeats: int, min_time: float) -> B
 
 
 def _region_row(
-    name: str, ram: npt.NDArray[np.uint8], repeats: int, min_time: float
+    name: str,
+    ram: npt.NDArray[np.uint8],
+    repeats: int,
+    min_time: float,
+    *,
+    all_zero: bool = False,
 ) -> BenchRow:
+    """The scan of a whole region; ``all_zero`` also times one ``is_zero`` over all of it."""
     n = ram.size // PAGE
     words = ram.view(np.uint64).reshape(n, PAGE // 8)
     host = ram.data
@@ -162,6 +168,10 @@ def _region_row(
         f"{ram.size >> 20} MiB region, out of cache; multifd_zero: zero_page_mask; "
         "partition: partition_batches over every 128-page batch; numpy: any(axis=1)"
     )
+    if all_zero:
+        # Only a zero region makes is_zero read every byte.
+        row.measure({"is_zero": lambda: _kernels.is_zero(host)}, repeats, min_time)
+        row.note += "; is_zero: one call on the whole region"
     return row
 
 
@@ -374,7 +384,11 @@ def run_benchmarks(
         _batch_row("batch partition, 50% zero, other pages random", 0.5, repeats, min_time)
     )
     big_zero = _pages(region_mib * 256, 1.0, seed=5)
-    rows.append(_region_row(f"{region_mib} MiB region, 100% zero", big_zero, repeats, min_time))
+    rows.append(
+        _region_row(
+            f"{region_mib} MiB region, 100% zero", big_zero, repeats, min_time, all_zero=True
+        )
+    )
     rows.extend(_scaling_rows(big_zero, repeats))
     rows.append(_recv_row(big_zero, repeats, min_time))
     rows.append(_recv_legacy_row(big_zero, repeats, min_time))
