@@ -226,8 +226,10 @@ static inline int mfz_sampled_zero(const uint8_t *p, size_t len)
 
 /*
  * The hardware prefetchers stop at each 4 KiB boundary and the next page of
- * a batch need not follow this one, so the head of the next page is asked
- * for while this one is read (measured: 2-4% faster out of cache, neutral in L2).
+ * a batch need not follow this one, so the first line of the next page is
+ * asked for while this one is read. Measured: up to 3% faster out of cache
+ * on memory in 4 KiB pages, neutral in huge pages and in L2. A second line
+ * cost 0.4 ns a page on half-random batches in L2 and gained nothing.
  */
 #define MFZ_PAGE_LOOP(check, start, len, next)                                     \
     for (size_t i = 0; i < n; i++) {                                               \
@@ -235,7 +237,6 @@ static inline int mfz_sampled_zero(const uint8_t *p, size_t len)
         if (i + 1 < n) {                                                           \
             const uint8_t *q_ = base + (next);                                     \
             MFZ_PREFETCH(q_);                                                      \
-            MFZ_PREFETCH(q_ + 256);                                                \
         }                                                                          \
         out[i] = (uint8_t)(mfz_sampled_zero(p, (len)) && check(p, (len)));         \
     }
