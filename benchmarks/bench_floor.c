@@ -137,6 +137,7 @@ int main(int argc, char **argv)
     rows("one 512 KiB batch in L2, 50% zero, other pages random", BATCH, 0.5, 2000, 30);
     if (!quick) {
         rows("1 GiB, out of cache, 100% zero pages", 262144, 1.0, 1, 5);
+        rows("1 GiB, out of cache, 50% zero, other pages random", 262144, 0.5, 1, 5);
     }
     return 0;
 }

@@ -205,10 +205,15 @@ __attribute__((target("avx512f"))) static inline int mfz_big_avx512(const uint8_
 
 /* ------------------------------------------------------- batches of pages */
 
-/* QEMU's three sampled bytes of a page: first, last and middle. */
+/*
+ * QEMU's three sampled bytes of a page: first, last and middle, each read
+ * only if the one before was zero. Out of cache a typical normal page then
+ * costs one line, not three (reading all three took a half-random 1 GiB
+ * scan from 23 to 19.5 GB/s).
+ */
 static inline int mfz_sampled_zero(const uint8_t *p, size_t len)
 {
-    return (p[0] | p[len - 1] | p[len / 2]) == 0;
+    return !(p[0] || p[len - 1] || p[len / 2]);
 }
 
 /*
