@@ -1,10 +1,11 @@
-"""Argument types shared by the command-line modules."""
+"""Argument types and options shared by the command-line modules."""
 
 from __future__ import annotations
 
 import argparse
 
 from . import _kernels
+from .options import MigrationOptions, ZeroPageDetection
 
 MIB = 1024 * 1024
 
@@ -31,3 +32,21 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
+
+
+def add_migration_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add QEMU's migration parameters that the commands share."""
+    parser.add_argument(
+        "--zero-page-detection",
+        choices=[m.value for m in ZeroPageDetection],
+        default="multifd",
+        help="where zero pages are detected (default multifd)",
+    )
+    parser.add_argument("--postcopy-ram", action="store_true", help="enable postcopy-ram")
+
+
+def migration_options(args: argparse.Namespace) -> MigrationOptions:
+    """The options that :func:`add_migration_options` parsed."""
+    return MigrationOptions(
+        zero_page_detection=args.zero_page_detection, postcopy_ram=args.postcopy_ram
+    )

@@ -8,12 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, _kernels, cli_migrate, cli_scan
-from ._argtypes import MIB
+from ._argtypes import MIB, add_migration_options, migration_options
 from ._argtypes import page_size as _page_size
 from ._argtypes import positive as _positive
 from ._argtypes import ratio as _ratio
 from .demo import run_demo
-from .options import MigrationOptions, ZeroPageDetection
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--dirty-ratio", type=_ratio, default=0.1, help="share of pages dirtied per round"
     )
-    demo.add_argument(
-        "--zero-page-detection",
-        choices=[m.value for m in ZeroPageDetection],
-        default="multifd",
-        help="where zero pages are detected (default multifd)",
-    )
-    demo.add_argument("--postcopy-ram", action="store_true", help="enable postcopy-ram")
+    add_migration_options(demo)
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_parser(
         "info",
@@ -117,9 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "scan":
         return cli_scan.run(args)
     if args.command == "demo":
-        options = MigrationOptions(
-            zero_page_detection=args.zero_page_detection, postcopy_ram=args.postcopy_ram
-        )
+        options = migration_options(args)
         result = run_demo(
             size=args.size_mib * MIB,
             page_size=args.page_size,

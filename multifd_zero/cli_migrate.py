@@ -27,14 +27,13 @@ import numpy.typing as npt
 
 from .demo import dirty_pages, make_guest_ram
 from .engine import MigrationError, MigrationResult, migrate
-from .options import MigrationOptions, ZeroPageDetection
 from .ramblock import RAMBlock
 from .transport import TRANSPORTS
 from .wire import PacketError
 
 __all__ = ["register", "run"]
 
-from ._argtypes import MIB
+from ._argtypes import MIB, add_migration_options, migration_options
 from ._argtypes import page_size as _page_size
 from ._argtypes import positive as _positive
 from ._argtypes import ratio as _ratio
@@ -77,13 +76,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     mig.add_argument(
         "--page-count", type=_positive, help="pages per packet (default: 512 KiB worth)"
     )
-    mig.add_argument(
-        "--zero-page-detection",
-        choices=[m.value for m in ZeroPageDetection],
-        default="multifd",
-        help="where zero pages are detected (default multifd)",
-    )
-    mig.add_argument("--postcopy-ram", action="store_true", help="enable postcopy-ram")
+    add_migration_options(mig)
     mig.add_argument("--rounds", type=_positive, default=3, help="rounds (default 3)")
     mig.add_argument(
         "--dirty-ratio", type=_ratio, default=0.05, help="share of pages dirtied per round"
@@ -193,9 +186,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"multifd-zero migrate: error: {exc}", file=sys.stderr)
         return 2
     block = RAMBlock("pc.ram", memory, args.page_size)
-    options = MigrationOptions(
-        zero_page_detection=args.zero_page_detection, postcopy_ram=args.postcopy_ram
-    )
+    options = migration_options(args)
     show = not args.no_progress and not args.json and sys.stderr.isatty()
     progress, bar = _progress_bar(show)
     try:
