@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import statistics
 import sys
@@ -56,6 +55,7 @@ from multifd_zero import (
     save_zero_pages,
     send_zero_page_detect,
 )
+from multifd_zero.bench import write_json
 from multifd_zero.demo import make_guest_ram
 
 MIB = 1024 * 1024
@@ -263,13 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     print(format_table(results, args.size_mib))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(
-                {"size_mib": args.size_mib, "loadavg": os.getloadavg(), "results": results},
-                f,
-                indent=2,
-            )
-            f.write("\n")
+        write_json(
+            args.json,
+            {"size_mib": args.size_mib, "loadavg": os.getloadavg(), "results": results},
+        )
     return 0
 
 

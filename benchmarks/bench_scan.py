@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 import multifd_zero
+from multifd_zero.bench import write_json
 from multifd_zero.scan import scan_file
 
 MIB = 1024 * 1024
@@ -247,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_benchmarks(size_mib * MIB, repeats, args.dir)
     print(format_table(results))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
+        write_json(args.json, results)
     return 0
 
 

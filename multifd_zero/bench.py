@@ -7,6 +7,7 @@ with the ratios. Medians of repeated runs. This is a measurement, never a test.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -418,6 +419,13 @@ def run_benchmarks(
             for r in rows
         ],
     }
+
+
+def write_json(path: str, result: object) -> None:
+    """Write a benchmark result to ``path`` as indented JSON with a final newline."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -134,15 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simd: {_kernels.get_simd()} (available: {', '.join(_kernels.simd_paths())})")
         return 0
     if args.command == "bench":
-        from .bench import format_table, run_benchmarks
+        from .bench import format_table, run_benchmarks, write_json
 
         results = run_benchmarks(
             region_mib=args.region_mib, repeats=args.repeats, quick=args.quick
         )
         print(format_table(results))
         if args.json:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=2)
-                f.write("\n")
+            write_json(args.json, results)
         return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
