@@ -399,6 +399,18 @@ def _pages_written(view: np.ndarray, page_size: int) -> int:
     return int(np.count_nonzero(view[::page_size]))
 
 
+def _start_writer(n: int, ps: int) -> tuple[np.ndarray, threading.Thread]:
+    """Start recv_normal_pages writing 1s over n fresh zero pages on a worker thread."""
+    host = np.zeros(n * ps, dtype=np.uint8)
+    rmap = np.zeros(n // 64, dtype=np.uint64)
+    offsets = np.arange(n, dtype=np.uint64) * np.uint64(ps)
+    worker = threading.Thread(
+        target=_kernels.recv_normal_pages, args=(host, rmap, offsets, b"\x01" * (n * ps), ps)
+    )
+    worker.start()
+    return host, worker
+
+
 def _spin_and_watch(host: np.ndarray, ps: int, worker: threading.Thread) -> tuple[int, int]:
     """Wait until the worker is writing, spin holding the GIL; return progress before, after."""
     old = sys.getswitchinterval()
@@ -428,15 +440,8 @@ def test_kernel_progresses_while_another_thread_holds_the_gil() -> None:
     """
     ps = 1024
     n = 1 << 16
-    offsets = np.arange(n, dtype=np.uint64) * np.uint64(ps)
-    data = b"\x01" * (n * ps)
     for _ in range(30):
-        host = np.zeros(n * ps, dtype=np.uint8)
-        rmap = np.zeros(n // 64, dtype=np.uint64)
-        worker = threading.Thread(
-            target=_kernels.recv_normal_pages, args=(host, rmap, offsets, data, ps)
-        )
-        worker.start()
+        host, worker = _start_writer(n, ps)
         try:
             before, after = _spin_and_watch(host, ps, worker)
         finally:
@@ -457,16 +462,9 @@ def test_two_kernels_run_at_the_same_moment() -> None:
     ps = 1024
     n = 1 << 16
     copies = 1 << 16
-    offsets = np.arange(n, dtype=np.uint64) * np.uint64(ps)
-    data = b"\x01" * (n * ps)
     out = np.empty(copies * ps, dtype=np.uint8)
     for attempt in range(40):
-        host = np.zeros(n * ps, dtype=np.uint8)
-        rmap = np.zeros(n // 64, dtype=np.uint64)
-        worker = threading.Thread(
-            target=_kernels.recv_normal_pages, args=(host, rmap, offsets, data, ps)
-        )
-        worker.start()
+        host, worker = _start_writer(n, ps)
         try:
             while _pages_written(host, ps) == 0 and worker.is_alive():
                 pass
