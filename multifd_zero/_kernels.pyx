@@ -504,10 +504,9 @@ cdef Py_ssize_t _partition(
     const uint8_t *base, Py_ssize_t ps, uint64_t *work, uint8_t *zero, Py_ssize_t n
 ) noexcept nogil:
     """QEMU's two-pointer pass over ``work``, with the tests done in a forward pass first."""
-    cdef Py_ssize_t i = 0, j = n - 1, k
+    cdef Py_ssize_t i = 0, j = n - 1, zeros
     cdef uint64_t tmp_off
     cdef uint8_t tmp_zero
-    cdef Py_ssize_t zeros
     mfz_pages(base, work, n, ps, zero)
     zeros = mfz_count_nonzero(zero, n)
     if zeros == 0:

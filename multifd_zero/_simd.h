@@ -547,7 +547,7 @@ static inline int mfz_is_zero(const uint8_t *buf, size_t len)
     if (len == 0) {
         return 1;
     }
-    if (buf[0] || buf[len - 1] || buf[len / 2]) {
+    if (!mfz_sampled_zero(buf, len)) {
         return 0;
     }
     if (len <= 3) {
