@@ -216,6 +216,12 @@ static inline int mfz_sampled_zero(const uint8_t *p, size_t len)
     return !(p[0] || p[len - 1] || p[len / 2]);
 }
 
+#if defined(__GNUC__)
+#define MFZ_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define MFZ_PREFETCH(p) ((void)(p))
+#endif
+
 /*
  * out[i] = 1 when page i is all zero, else 0. Page i starts at base + offs[i],
  * or at base + i * ps when offs is NULL; ps >= 1024. Each path has its own
@@ -223,12 +229,6 @@ static inline int mfz_sampled_zero(const uint8_t *p, size_t len)
  * a pointer per page, and 4 KiB pages get loops of their own: with a constant
  * length the loop runs about 1 ns a page faster (measured in L2).
  */
-#if defined(__GNUC__)
-#define MFZ_PREFETCH(p) __builtin_prefetch((p), 0, 3)
-#else
-#define MFZ_PREFETCH(p) ((void)(p))
-#endif
-
 /*
  * The hardware prefetchers stop at each 4 KiB boundary and the next page of
  * a batch need not follow this one, so the first line of the next page is
