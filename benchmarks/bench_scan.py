@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 import multifd_zero
-from multifd_zero.bench import write_json
-from multifd_zero.scan import scan_file
+from multifd_zero.tools.bench import write_json
+from multifd_zero.tools.scan import scan_file
 
 MIB = 1024 * 1024
 PAGE = 4096

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from multifd_zero.bench import format_table
+from multifd_zero.tools.bench import format_table
 
 
 def plot(result: dict, path: Path) -> None:

@@ -72,11 +72,11 @@ import os
 import numpy as np
 from multifd_zero import *
 from multifd_zero.wire import *
-from multifd_zero.ramstream import *
-from multifd_zero.transport import *
-from multifd_zero.source import *
-from multifd_zero.destination import *
-from multifd_zero.shm import *
+from multifd_zero.wire.ramstream import *
+from multifd_zero.migration.transport import *
+from multifd_zero.migration.source import *
+from multifd_zero.migration.destination import *
+from multifd_zero.migration.shm import *
 """
 doctest_test_doctest_blocks = "default"
 
@@ -189,7 +189,7 @@ def _resolve_short_names(
     """Resolve a Python reference the domain missed to the one documented object it names.
 
     Docstrings inside a submodule say ``RAMBlock`` or ``Channel`` (names of their
-    own module's namespace) and ``multifd_zero.engine.migrate`` (where a name is
+    own module's namespace) and ``multifd_zero.migration.engine.migrate`` (where a name is
     defined, not where it is documented). A reference that finds nothing is
     retried with the documented ``multifd_zero.NAME`` if there is one, else with
     the only documented object whose name ends in ``.NAME``. A name that is

@@ -46,9 +46,11 @@ except ImportError:  # pragma: no cover - the script needs atheris; the seeds do
 
 if atheris is not None:
     with atheris.instrument_imports(include=["multifd_zero"]):
-        from multifd_zero import ramstream, wire
+        from multifd_zero import wire
+        from multifd_zero.wire import ramstream
 else:  # pragma: no cover
-    from multifd_zero import ramstream, wire
+    from multifd_zero import wire
+    from multifd_zero.wire import ramstream
 
 SETUPS = [  # (page_count, page_size, blocks)
     (128, 4096, {"pc.ram": 64 * 4096, "vga": 4096}),

@@ -15,7 +15,6 @@ import for this CPU; the environment variable ``MULTIFD_ZERO_SIMD`` or
 from __future__ import annotations
 
 import os
-from importlib import metadata as _metadata
 
 from ._kernels import (
     MAX_PAGE_SIZE,
@@ -29,19 +28,15 @@ from ._kernels import (
     simd_paths,
     zero_page_mask,
 )
-from .engine import MigrationResult, migrate
+from ._version import __version__
+from .errors import MigrationError, PacketError
+from .migration import MigrationResult, migrate
+from .multifd_zero_page import recv_normal_pages, recv_zero_page_process, send_zero_page_detect
 from .options import MigrationOptions, ZeroPageDetection
 from .pages import MULTIFD_PACKET_SIZE, MultiFDPages, multifd_ram_page_count
+from .ram import recv_legacy_zero_pages, save_zero_pages
 from .ramblock import RAMBlock, ReceivedMap
-from .recv import recv_legacy_zero_pages, recv_normal_pages, recv_zero_page_process
-from .send import save_zero_pages, send_zero_page_detect
 from .stats import MigrationStats
-from .wire import PacketError
-
-try:
-    __version__ = _metadata.version("multifd-zero")
-except _metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-    __version__ = "0+unknown"
 
 if os.environ.get("MULTIFD_ZERO_SIMD"):
     set_simd(os.environ["MULTIFD_ZERO_SIMD"])
@@ -50,6 +45,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MIN_PAGE_SIZE",
     "MULTIFD_PACKET_SIZE",
+    "MigrationError",
     "MigrationOptions",
     "MigrationResult",
     "MigrationStats",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _kernels
-from ._offsets import OffsetArray, as_offsets, check_offsets
+from ._checks import OffsetArray, as_offsets, check_offsets
 from .ramblock import RAMBlock
 
 __all__ = ["MULTIFD_PACKET_SIZE", "MultiFDPages", "multifd_ram_page_count"]

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
-from ._offsets import OffsetArray, as_offsets, check_offsets
+from ._checks import OffsetArray, as_offsets, check_offsets
 
 __all__ = ["RAMBlock", "ReceivedMap"]
 

@@ -61,7 +61,10 @@ def test_demo_json_verified(tmp_path: Path, mode: str, postcopy: bool) -> None:
     else:
         assert qm["duplicate"] > 0  # the synthetic RAM is half zero pages
     assert result["pages_sent"] >= 2048
-    assert result["batches"] >= 2048 // 128
+    # Batches are multifd packets of at most 128 pages; with legacy detection the
+    # zero pages go over the main channel, so only the normal pages fill packets.
+    batched = qm["normal"] if mode == "legacy" else result["pages_sent"]
+    assert result["batches"] >= -(-batched // 128)
 
 
 def test_demo_text_output(tmp_path: Path) -> None:

@@ -32,11 +32,13 @@ import pytest
 from reference_model import RefDestination
 
 import multifd_zero as mz
-from multifd_zero import demo, engine, ramstream, shm, source, stats, transport, wire
-from multifd_zero.destination import MigrationDestination
-from multifd_zero.engine import migrate
-from multifd_zero.shm import SharedRAM
-from multifd_zero.transport import Channel, inprocess_pair
+from multifd_zero import guest, stats, wire
+from multifd_zero.migration import engine, shm, source, transport
+from multifd_zero.wire import ramstream
+from multifd_zero.migration.destination import MigrationDestination
+from multifd_zero.migration.engine import migrate
+from multifd_zero.migration.shm import SharedRAM
+from multifd_zero.migration.transport import Channel, inprocess_pair
 
 PS = 4096
 PAGES = 512  # a 2 MiB block
@@ -80,7 +82,7 @@ class Plan:
 
 def make_plan(seed: int, rounds: int = 3) -> Plan:
     """A random block (half zero pages) and random changes: zeroed, written, re-zeroed pages."""
-    initial = demo.make_guest_ram(PAGES * PS, zero_ratio=0.5, seed=seed)
+    initial = guest.make_guest_ram(PAGES * PS, zero_ratio=0.5, seed=seed)
     rng = np.random.default_rng(seed)
     changes = []
     for _ in range(rounds - 1):
@@ -212,7 +214,7 @@ def test_round_trip(mode: str, postcopy: bool, channels: int, transport: str) ->
 @pytest.mark.parametrize("transport", ["inprocess", "tcp", "unix"])
 def test_default_page_count_and_fresh_destination(transport: str) -> None:
     """QEMU's 128-page packets; no destination given: fresh memory, verified by its hash."""
-    ram = demo.make_guest_ram(4 << 20, zero_ratio=0.7, seed=3)
+    ram = guest.make_guest_ram(4 << 20, zero_ratio=0.7, seed=3)
     result = migrate(
         mz.RAMBlock(NAME, ram), channels=3, transport=transport, checksum=True, timeout=T
     )

@@ -954,7 +954,7 @@ class BytesChannel:
 @st.composite
 def main_streams(draw: st.DrawFn) -> tuple[bytes, int, dict[str, int]]:
     """A valid main stream: header, setup section, rounds of zero records and flags, EOF."""
-    from multifd_zero import ramstream as rs
+    from multifd_zero.wire import ramstream as rs
 
     page_size = draw(st.sampled_from([1024, 4096]))
     blocks_ = {"pc.ram": 32 * page_size, "vga": 4 * page_size}
@@ -978,8 +978,8 @@ def main_streams(draw: st.DrawFn) -> tuple[bytes, int, dict[str, int]]:
 def read_main_stream(raw: bytes, chunks: list[int], page_size: int, blocks_: dict[str, int],
                      magic_read: bool) -> list[Any]:
     """Read a whole main stream the way the destination does; return what it held."""
-    from multifd_zero import ramstream as rs
-    from multifd_zero.transport import Channel
+    from multifd_zero.wire import ramstream as rs
+    from multifd_zero.migration.transport import Channel
 
     channel = BytesChannel(raw[4:] if magic_read else raw, chunks)
     Channel.register(BytesChannel)  # a virtual subclass: the reader only calls recv_into
@@ -1021,7 +1021,7 @@ DECODERS = {
     "multifd_zero.wire.decode_packet": "decode_packet",
     "multifd_zero.wire.check_header": "check_header",
     "multifd_zero.wire.decode_init": "decode_init",
-    "multifd_zero.ramstream.RamStreamReader": "RamStreamReader",
+    "multifd_zero.wire.ramstream.RamStreamReader": "RamStreamReader",
 }
 # Examples per target, as a multiple of the profile's max_examples: the
 # decoders of untrusted bytes get the most; a migration costs the most.
@@ -1137,11 +1137,12 @@ def test_hostile_regressions(name: str) -> None:
 
 def test_every_decoder_is_fuzzed() -> None:
     """Each decoder in the wire and stream modules has a target here (and in fuzz/)."""
-    from multifd_zero import ramstream, wire
+    from multifd_zero import wire
+    from multifd_zero.wire import ramstream
 
     found = {f"multifd_zero.wire.{n}" for n in wire.__all__
              if n.startswith(("decode", "check_", "unfill", "parse", "read"))}
-    found |= {f"multifd_zero.ramstream.{n}" for n in ramstream.__all__
+    found |= {f"multifd_zero.wire.ramstream.{n}" for n in ramstream.__all__
               if n.startswith(("decode", "read", "parse")) or n.endswith("Reader")}
     assert found <= set(DECODERS), f"decoders with no hostile target: {found - set(DECODERS)}"
     assert set(DECODERS.values()) <= set(TARGETS)

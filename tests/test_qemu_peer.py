@@ -80,7 +80,7 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 
-from multifd_zero.scan import ScanResult, scan_file
+from multifd_zero.tools.scan import ScanResult, scan_file
 
 QEMU = "qemu-system-x86_64"
 REQUIRE = os.environ.get("MULTIFD_ZERO_REQUIRE_QEMU") == "1"

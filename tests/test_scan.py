@@ -1,4 +1,4 @@
-"""``multifd_zero.scan`` and the ``scan`` command.
+"""``multifd_zero.tools.scan`` and the ``scan`` command.
 
 - ``scan_file`` (every method and window size, with and without hole skipping)
   and ``scan_buffer`` against a plain reference on generated files: every page
@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 from reference_model import ref_page_is_zero
 
 import multifd_zero
-from multifd_zero import scan as scan_mod
-from multifd_zero.scan import ScanResult, scan_buffer, scan_file
+from multifd_zero.tools import scan as scan_mod
+from multifd_zero.tools.scan import ScanResult, scan_buffer, scan_file
 
 PAGE_SIZES = tuple(1 << k for k in range(10, 22))  # 1 KiB .. 2 MiB
 MIB = 1024 * 1024
@@ -175,7 +175,7 @@ def test_scan_matches_reference(
 
 
 def test_docstring_examples() -> None:
-    """The examples in ``multifd_zero.scan`` run and pass (tests/test_doctests.py lists others)."""
+    """The examples in ``multifd_zero.tools.scan`` run and pass (tests/test_doctests.py lists others)."""
     result = doctest.testmod(scan_mod, report=False, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 8
 
@@ -291,7 +291,7 @@ def test_pipe_uses_read_and_mmap_refuses(tmp_path: Path) -> None:
 _RSS_CHILD = textwrap.dedent(
     """
     import json, os, sys
-    from multifd_zero import scan as scan_mod
+    from multifd_zero.tools import scan as scan_mod
     path, method, merge = sys.argv[1], sys.argv[2], int(sys.argv[3])
     page = os.sysconf("SC_PAGE_SIZE")
     def rss():

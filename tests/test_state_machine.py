@@ -127,7 +127,8 @@ from reliability_support import (
 )
 
 import multifd_zero as mz
-from multifd_zero import ramstream, wire
+from multifd_zero import wire
+from multifd_zero.wire import ramstream
 
 PAGE_SIZES = (1024, 4096)
 MAX_PAGES = 130

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multifd_zero import ramstream, transport, wire
-from multifd_zero.process import DestinationProcess, fresh_memory, rebuild_error
-from multifd_zero.shm import SharedRAM
-from multifd_zero.transport import Channel, Listener, connect, inprocess_pair
+from multifd_zero import wire
+from multifd_zero.migration import transport
+from multifd_zero.wire import ramstream
+from multifd_zero.migration.process import DestinationProcess, fresh_memory, rebuild_error
+from multifd_zero.migration.shm import SharedRAM
+from multifd_zero.migration.transport import Channel, Listener, connect, inprocess_pair
 
 T = 5.0  # seconds: the bound on every wait in these tests
 
@@ -188,7 +190,7 @@ def test_peer_in_another_process(kind: str, tmp_path: Path) -> None:
     address = None if kind == "tcp" else str(tmp_path / "p.sock")
     script = (
         "import sys, ast, numpy as np\n"
-        "from multifd_zero.transport import connect\n"
+        "from multifd_zero.migration.transport import connect\n"
         "kind, addr = sys.argv[1], ast.literal_eval(sys.argv[2])\n"
         "ch = connect(kind, addr, timeout=5)\n"
         "ch.send([b'x' * 1344, np.full(1 << 20, 7, np.uint8)])\n"

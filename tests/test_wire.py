@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from multifd_zero import ramstream, wire
-from multifd_zero.ramstream import RamStreamReader
-from multifd_zero.transport import inprocess_pair
+from multifd_zero import wire
+from multifd_zero.wire import ramstream
+from multifd_zero.wire.ramstream import RamStreamReader
+from multifd_zero.migration.transport import inprocess_pair
 
 PS = 4096
 NAME = "pc.ram"
@@ -373,7 +374,7 @@ def test_bad_handshakes(mutate: object, error: type[wire.PacketError]) -> None:
 
 def test_doctests() -> None:
     """The examples in wire's and ramstream's docstrings pass."""
-    for module in (wire, ramstream):
+    for module in (wire.multifd, ramstream):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0
 

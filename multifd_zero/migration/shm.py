@@ -22,7 +22,7 @@ class SharedRAM(mmap.mmap):
     """A writable, zero-filled ``MAP_SHARED`` file mapping that another process can map.
 
     Use it as the host of a destination :class:`~multifd_zero.RAMBlock` when
-    migrating over sockets: :func:`~multifd_zero.engine.migrate` then runs
+    migrating over sockets: :func:`~multifd_zero.migration.engine.migrate` then runs
     the destination process directly on this memory (by :attr:`path`) instead
     of copying the block there and back. The file lives in ``/dev/shm`` (or
     the temporary directory) and is removed when the mapping is closed or

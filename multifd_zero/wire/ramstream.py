@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
-from ._offsets import OffsetArray
-from .transport import Channel
-from .wire import BlockError, FlagsError, MagicError, OffsetError, TruncatedError, VersionError
+from .. import _kernels
+from .._checks import OffsetArray
+from ..errors import BlockError, FlagsError, MagicError, OffsetError, TruncatedError, VersionError
+from ._source import ByteSource
 
 __all__ = [
     "QEMU_VM_EOF",
@@ -185,7 +185,7 @@ class RamStreamReader:
 
     Parameters
     ----------
-    channel : Channel
+    channel : ByteSource
         The main channel, positioned after its first four bytes (the
         ``QEVM`` magic, which the caller used to tell it from a multifd
         channel), or at the start when ``magic_read`` is False.
@@ -202,7 +202,7 @@ class RamStreamReader:
 
     def __init__(
         self,
-        channel: Channel,
+        channel: ByteSource,
         *,
         page_size: int,
         blocks: Mapping[str, int],

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .wire import TruncatedError
+from ..errors import TruncatedError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -52,7 +52,7 @@ __all__ = [
 
 TransportName = Literal["inprocess", "tcp", "unix"]
 TRANSPORTS: tuple[str, ...] = ("inprocess", "tcp", "unix")
-"""The transport names :func:`multifd_zero.engine.migrate` accepts."""
+"""The transport names :func:`multifd_zero.migration.engine.migrate` accepts."""
 LOOPBACK = "127.0.0.1"
 """The only TCP address used."""
 DEFAULT_TIMEOUT = 60.0

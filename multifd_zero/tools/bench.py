@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _kernels
+from .. import _kernels
+from ..guest import make_guest_ram
 
 __all__ = ["BenchRow", "cpu_name", "run_benchmarks"]
 
@@ -87,14 +88,10 @@ def _median_ns(fn: Callable[[], object], units: int, repeats: int, min_time: flo
 
 
 def _pages(n: int, zero_share: float, seed: int) -> npt.NDArray[np.uint8]:
-    """``n`` pages: a ``zero_share`` of them zero, the rest random bytes. Touched."""
-    rng = np.random.default_rng(seed)
-    ram = np.empty((n, PAGE), dtype=np.uint8)
-    ram.fill(0)  # really allocate: untouched anonymous pages all map one zero page
-    normal = np.flatnonzero(rng.random(n) >= zero_share)
-    ram[normal] = rng.integers(0, 256, size=(normal.size, PAGE), dtype=np.uint8)
-    ram[normal, 0] |= 1
-    return ram.reshape(-1)
+    """``n`` pages of the synthetic guest: a ``zero_share`` of them zero, the rest random."""
+    return make_guest_ram(
+        n * PAGE, page_size=PAGE, zero_ratio=zero_share, seed=seed, sparse_share=0.0
+    )
 
 
 def _numpy_partition(words: npt.NDArray[np.uint64], offsets: npt.NDArray[np.uint64]) -> Any:
@@ -248,7 +245,10 @@ def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
     for label, fn in (("64 batches a call", batched), ("one batch a call", single)):
         row = BenchRow(f"in L2, 1 vs 2 threads (partition, 100% zero, {label})", units)
         row.ns_per_page["1 thread"] = _threads_ns(
-            lambda i, fn=fn: (fn(0), fn(1)), 1, units, repeats  # type: ignore[misc]
+            lambda i, fn=fn: (fn(0), fn(1)),
+            1,
+            units,
+            repeats,  # type: ignore[misc]
         )
         row.ns_per_page["2 threads"] = _threads_ns(fn, 2, units, repeats)
         rows.append(row)

@@ -74,8 +74,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _kernels
-from ._offsets import OffsetArray, as_offsets
+from .. import _kernels
+from .._checks import OffsetArray, as_offsets
+from ..errors import (
+    BlockError,
+    CountError,
+    FlagsError,
+    HandshakeError,
+    MagicError,
+    OffsetError,
+    PacketError,
+    ReservedError,
+    SizeError,
+    TruncatedError,
+    VersionError,
+)
 
 __all__ = [
     "HANDSHAKE_SIZE",
@@ -145,54 +158,6 @@ _U64 = 0xFFFFFFFFFFFFFFFF
 _BE64 = np.dtype(">u8")
 
 assert _FIXED.size == _NAME_OFFSET and _INIT.size == HANDSHAKE_SIZE
-
-
-class PacketError(ValueError):
-    """Bad data from the peer: a multifd packet, a handshake or a main-stream record.
-
-    The receiving channel closes and the migration stops; nothing of the
-    offending packet or record has been written to guest memory.
-    """
-
-
-class MagicError(PacketError):
-    """The magic number is not ``0x11223344`` (or the main stream's ``QEVM``)."""
-
-
-class VersionError(PacketError):
-    """An unsupported version."""
-
-
-class FlagsError(PacketError):
-    """Compression, device state or unknown flag bits; or an unknown stream record."""
-
-
-class CountError(PacketError):
-    """``pages_alloc``, ``normal_pages`` or ``zero_pages`` out of bounds."""
-
-
-class BlockError(PacketError):
-    """An unknown or badly encoded RAM block name, or a block of the wrong size."""
-
-
-class OffsetError(PacketError):
-    """A page offset out of the block, or not page-aligned."""
-
-
-class SizeError(PacketError):
-    """``next_packet_size`` does not match the normal pages."""
-
-
-class ReservedError(PacketError):
-    """A reserved field is not zero."""
-
-
-class TruncatedError(PacketError):
-    """The stream ended inside a packet, its payload or a record."""
-
-
-class HandshakeError(PacketError):
-    """A channel handshake for another migration, or a bad or repeated channel id."""
 
 
 def packet_len(page_count: int) -> int:
@@ -484,7 +449,7 @@ def decode_packet(
     >>> decode_packet(raw, page_count=2, page_size=4096, blocks={"pc.ram": 4096})
     Traceback (most recent call last):
       ...
-    multifd_zero.wire.OffsetError: offset[0] = 4096 is past the last page of 'pc.ram' (4096 bytes)
+    multifd_zero.errors.OffsetError: offset[0] = 4096 is past the last page of 'pc.ram' (4096 bytes)
     """
     size = packet_len(page_count)
     page_size = _kernels.check_page_size(page_size)

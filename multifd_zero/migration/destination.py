@@ -33,24 +33,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from ._failure import POLL, Failure
-from .options import MigrationOptions
-from .ramblock import RAMBlock
-from .ramstream import (
-    QEMU_VM_EOF,
-    QEMU_VM_FILE_MAGIC,
-    QEMU_VM_SECTION_PART,
-    QEMU_VM_SECTION_START,
-    RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MULTIFD_FLUSH,
-    Flag,
-    MemSize,
-    RamStreamReader,
-    ZeroRun,
-)
-from .recv import recv_legacy_zero_pages, recv_normal_pages, recv_zero_page_process
-from .transport import Channel
-from .wire import (
+from ..multifd_zero_page import recv_normal_pages, recv_zero_page_process
+from ..options import MigrationOptions
+from ..ram import recv_legacy_zero_pages
+from ..ramblock import RAMBlock
+from ..wire import (
     HANDSHAKE_SIZE,
     HEADER_SIZE,
     MULTIFD_MAGIC,
@@ -64,6 +51,20 @@ from .wire import (
     decode_packet,
     packet_len,
 )
+from ..wire.ramstream import (
+    QEMU_VM_EOF,
+    QEMU_VM_FILE_MAGIC,
+    QEMU_VM_SECTION_PART,
+    QEMU_VM_SECTION_START,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    Flag,
+    MemSize,
+    RamStreamReader,
+    ZeroRun,
+)
+from ._failure import POLL, Failure
+from .transport import Channel
 
 __all__ = ["DestinationReport", "MigrationDestination"]
 

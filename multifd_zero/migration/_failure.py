@@ -7,14 +7,11 @@ import threading
 import time
 from collections.abc import Iterable
 
+from ..errors import MigrationAbortedError
 from .transport import Channel
 
 POLL = 0.05
 """Seconds between checks of the failure flag while a thread waits."""
-
-
-class MigrationAbortedError(RuntimeError):
-    """This thread stopped because another part of the migration failed first."""
 
 
 class Failure:
@@ -58,7 +55,3 @@ class Failure:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout} s for {what}")
         self.check()
-
-
-class MigrationError(RuntimeError):
-    """A migration failed for a reason no more specific exception describes."""

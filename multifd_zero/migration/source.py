@@ -35,13 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels
-from ._failure import POLL, Failure
-from ._offsets import OffsetArray
-from .options import MigrationOptions, ZeroPageDetection
-from .pages import MultiFDPages
-from .ramblock import RAMBlock
-from .ramstream import (
+from .. import _kernels
+from .._checks import OffsetArray
+from ..multifd_zero_page import send_zero_page_detect
+from ..options import MigrationOptions, ZeroPageDetection
+from ..pages import MultiFDPages
+from ..ram import save_zero_pages
+from ..ramblock import RAMBlock
+from ..stats import MigrationStats
+from ..wire import MULTIFD_FLAG_SYNC, encode_init, encode_name, fill_packet, packet_len
+from ..wire.ramstream import (
     QEMU_VM_EOF,
     QEMU_VM_SECTION_PART,
     QEMU_VM_SECTION_START,
@@ -53,10 +56,8 @@ from .ramstream import (
     encode_section,
     encode_zero_records,
 )
-from .send import save_zero_pages, send_zero_page_detect
-from .stats import MigrationStats
+from ._failure import POLL, Failure
 from .transport import Channel
-from .wire import MULTIFD_FLAG_SYNC, encode_init, encode_name, fill_packet, packet_len
 
 __all__ = ["MigrationSource", "ProgressCallback", "SourceReport"]
 

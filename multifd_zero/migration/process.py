@@ -13,7 +13,7 @@ the child's stdin, and reads JSON lines back from its stdout:
   subclasses and the builtin errors.
 
 The child's memory is either fresh anonymous memory or a shared file mapping
-given by path (see :class:`~multifd_zero.shm.SharedRAM`). Every read of the
+given by path (see :class:`~multifd_zero.migration.shm.SharedRAM`). Every read of the
 parent waits at most its ``timeout``.
 """
 
@@ -33,18 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels, wire
-from ._failure import MigrationError
+from .. import _kernels, errors
+from ..errors import MigrationError
+from ..options import MigrationOptions
+from ..ramblock import RAMBlock
 from .destination import MigrationDestination
-from .options import MigrationOptions
-from .ramblock import RAMBlock
 from .transport import Listener
 
 __all__ = ["DestinationProcess", "child_main", "fresh_memory", "rebuild_error"]
 
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from multifd_zero.process import child_main; sys.exit(child_main())"
+    "from multifd_zero.migration.process import child_main; sys.exit(child_main())"
 )
 _BUILTIN_ERRORS = (
     "TimeoutError",
@@ -145,8 +145,8 @@ class DestinationProcess:
 
 def rebuild_error(type_name: str, message: str) -> BaseException:
     """Recreate an exception reported by the child: same class when it is a known one."""
-    cls = getattr(wire, type_name, None)
-    if isinstance(cls, type) and issubclass(cls, wire.PacketError):
+    cls = getattr(errors, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.PacketError):
         return cls(message)
     if type_name in _BUILTIN_ERRORS:
         builtin: type[Exception] = getattr(builtins, type_name)

@@ -1,13 +1,13 @@
 """Migrate a RAM block over N multifd channels: :func:`migrate`.
 
-The source side (:class:`~multifd_zero.source.MigrationSource`) runs in the
+The source side (:class:`~multifd_zero.migration.source.MigrationSource`) runs in the
 calling thread plus one thread per channel; the destination side
-(:class:`~multifd_zero.destination.MigrationDestination`) runs in threads of
+(:class:`~multifd_zero.migration.destination.MigrationDestination`) runs in threads of
 this process (``transport="inprocess"``) or in a separate process reached
 over loopback TCP or a Unix socket (``"tcp"``, ``"unix"``), one connection
 per channel plus the main channel. The bytes on the multifd channels are
 QEMU's packets (:mod:`multifd_zero.wire`); the main channel carries QEMU's RAM
-stream records (:mod:`multifd_zero.ramstream`).
+stream records (:mod:`multifd_zero.wire.ramstream`).
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels
-from ._failure import MigrationAbortedError, MigrationError
-from ._offsets import OffsetArray, as_offsets, check_offsets
+from .. import _kernels
+from .._checks import OffsetArray, as_offsets, check_offsets
+from ..errors import MigrationAbortedError, MigrationError
+from ..options import MigrationOptions
+from ..pages import multifd_ram_page_count
+from ..ramblock import RAMBlock
+from ..stats import MigrationStats
 from .destination import DestinationReport, MigrationDestination
-from .options import MigrationOptions
-from .pages import multifd_ram_page_count
 from .process import DestinationProcess, fresh_memory
-from .ramblock import RAMBlock
 from .shm import SharedRAM
 from .source import MigrationSource, ProgressCallback, SourceReport
-from .stats import MigrationStats
 from .transport import TRANSPORTS, Channel, connect, inprocess_pair
 
 __all__ = ["MigrationAbortedError", "MigrationError", "MigrationResult", "migrate"]
@@ -165,7 +165,7 @@ def migrate(
         Receives the pages: same name, size and page size as ``source``,
         writable. With ``transport="inprocess"`` it is written directly by the
         receiver threads. Over sockets the destination runs in another
-        process: a block whose host is a :class:`~multifd_zero.shm.SharedRAM`
+        process: a block whose host is a :class:`~multifd_zero.migration.shm.SharedRAM`
         is mapped there directly; any other block is copied into shared
         memory before and back after (outside the timed part). Its
         receivedmap is updated either way. None: fresh memory (anonymous, in

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 
-from . import _kernels
-from .options import MigrationOptions, ZeroPageDetection
+from .. import _kernels
+from ..options import MigrationOptions, ZeroPageDetection
 
 MIB = 1024 * 1024
 
 
+_SUFFIXES = {"k": 1024, "m": 1024**2}
+
+
 def page_size(text: str) -> int:
-    """A page size: a power of two from 1 KiB to 2 MiB (``4096``, ``0x1000``)."""
+    """A page size, a power of two from 1 KiB to 2 MiB: ``4096``, ``0x1000``, ``4K``, ``2MiB``."""
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = 1
+    if cleaned[-1:] in _SUFFIXES:
+        scale = _SUFFIXES[cleaned[-1]]
+        cleaned = cleaned[:-1]
     try:
-        return int(_kernels.check_page_size(int(text, 0)))
+        return int(_kernels.check_page_size(int(cleaned, 0) * scale))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        message = str(exc) if cleaned.strip().lstrip("-").isdigit() else f"not a size: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def ratio(text: str) -> float:

@@ -89,8 +89,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import _kernels
-from .pages import multifd_ram_page_count
+from .. import _kernels
+from ..pages import multifd_ram_page_count
 
 __all__ = [
     "HOLE_MERGE_BYTES",

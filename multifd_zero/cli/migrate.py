@@ -19,24 +19,23 @@ import json
 import mmap
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .demo import dirty_pages, make_guest_ram
-from .engine import MigrationError, MigrationResult, migrate
-from .ramblock import RAMBlock
-from .transport import TRANSPORTS
-from .wire import PacketError
-
-__all__ = ["register", "run"]
-
+from ..errors import MigrationError, PacketError
+from ..guest import dirty_rounds, make_guest_ram
+from ..migration.engine import MigrationResult, migrate
+from ..migration.transport import TRANSPORTS
+from ..ramblock import RAMBlock
 from ._argtypes import MIB, add_migration_options, migration_options
 from ._argtypes import page_size as _page_size
 from ._argtypes import positive as _positive
 from ._argtypes import ratio as _ratio
+
+__all__ = ["register", "run"]
 
 
 def _seconds(text: str) -> float:
@@ -87,6 +86,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(run=run)
     return parser
 
 
@@ -106,20 +106,6 @@ def _load_source(args: argparse.Namespace) -> tuple[Any, npt.NDArray[np.uint8]]:
         args.size_mib * MIB, page_size=args.page_size, zero_ratio=args.zero_ratio, seed=args.seed
     )
     return ram, ram
-
-
-def dirty_rounds(
-    ram: npt.NDArray[np.uint8], page_size: int, rounds: int, ratio: float, seed: int
-) -> Iterator[npt.NDArray[np.uint64]]:
-    """The guest between rounds: each time, a ``ratio`` share of pages is dirtied.
-
-    Half of the dirtied pages are zeroed, the other half get a non-zero byte
-    at a random place. Yields the dirtied pages' byte offsets, ``rounds - 1``
-    times; the memory is changed just before each yield.
-    """
-    rng = np.random.default_rng(seed + 1)
-    for _ in range(rounds - 1):
-        yield dirty_pages(ram, page_size, ratio, rng)
 
 
 def _progress_bar(enabled: bool) -> tuple[Callable[[int, int, int], None] | None, Any]:

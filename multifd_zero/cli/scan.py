@@ -19,28 +19,15 @@ import stat
 import sys
 from typing import Any
 
-from . import __version__, _kernels
-from .scan import ScanMethod, ScanResult, scan_file
+from .. import _kernels
+from .._version import __version__
+from ..tools.scan import ScanMethod, ScanResult, scan_file
+from ._argtypes import page_size
 
 __all__ = ["register", "run"]
 
 PROG = "multifd-zero scan"
 GIB = 1024**3
-_SUFFIXES = {"k": 1024, "m": 1024**2}
-
-
-def _page_size(text: str) -> int:
-    """``4096``, ``0x1000``, ``4k``, ``4K``, ``4KiB`` or ``2M``."""
-    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
-    scale = 1
-    if cleaned[-1:] in _SUFFIXES:
-        scale = _SUFFIXES[cleaned[-1]]
-        cleaned = cleaned[:-1]
-    try:
-        return int(_kernels.check_page_size(int(cleaned, 0) * scale))
-    except ValueError as exc:
-        message = str(exc) if cleaned.strip().lstrip("-").isdigit() else f"not a size: {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -70,7 +57,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or devices to scan")
     parser.add_argument(
         "--page-size",
-        type=_page_size,
+        type=page_size,
         default=4096,
         help="page size: a power of two from 1K to 2M, e.g. 4096 or 4K (default 4096)",
     )
@@ -84,6 +71,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none when not a TTY)"
     )
+    parser.set_defaults(run=run)
     return parser
 
 
@@ -228,7 +216,7 @@ def _print_counts(
     if partial:
         print(f"  the last page is partial ({partial} bytes), counted as a zero-padded page")
     none = wire["none"]
-    print("  on the wire (estimate, see multifd_zero.scan):")
+    print("  on the wire (estimate, see multifd_zero.tools.scan):")
     for mode in _MODES:
         share = f"{wire[mode] / none:7.2%}" if none else "      -"
         print(

@@ -1,0 +1,30 @@
+"""The ``info`` command: the version, the CPU and the zero-check paths."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .. import _kernels
+from .._version import __version__
+from ..tools.bench import cpu_name
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``info`` command to ``subparsers``."""
+    info = subparsers.add_parser(
+        "info",
+        help="print the version, the CPU and the zero-check path in use",
+        description="Print the version, the CPU and the active and available SIMD paths.",
+    )
+    info.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the version, the CPU and the SIMD paths; always 0."""
+    print(f"multifd_zero {__version__}")
+    print(f"cpu: {cpu_name()}")
+    print(f"simd: {_kernels.get_simd()} (available: {', '.join(_kernels.simd_paths())})")
+    return 0

@@ -1,0 +1,79 @@
+"""The wire layer: QEMU's migration formats, bytes in and out, nothing else.
+
+- :mod:`multifd_zero.wire.multifd`: the multifd RAM packet and the channel
+  handshake (QEMU's ``migration/multifd.h``), byte for byte.
+- :mod:`multifd_zero.wire.ramstream`: the main channel's RAM records.
+
+The names of :mod:`multifd_zero.wire.multifd` are re-exported here. This layer
+imports the kernels and :mod:`multifd_zero.errors`, never the migration engine.
+"""
+
+from __future__ import annotations
+
+from .multifd import (
+    HANDSHAKE_SIZE,
+    HEADER_SIZE,
+    MULTIFD_FLAG_COMPRESSION_MASK,
+    MULTIFD_FLAG_DEVICE_STATE,
+    MULTIFD_FLAG_NOCOMP,
+    MULTIFD_FLAG_SYNC,
+    MULTIFD_MAGIC,
+    MULTIFD_VERSION,
+    PACKET_FIXED_SIZE,
+    RAMBLOCK_NAME_SIZE,
+    BlockError,
+    CountError,
+    FlagsError,
+    HandshakeError,
+    MagicError,
+    MultiFDInit,
+    OffsetError,
+    PacketError,
+    RamPacket,
+    ReservedError,
+    SizeError,
+    TruncatedError,
+    VersionError,
+    check_header,
+    decode_init,
+    decode_packet,
+    encode_init,
+    encode_name,
+    encode_packet,
+    fill_packet,
+    packet_len,
+)
+
+__all__ = [
+    "HANDSHAKE_SIZE",
+    "HEADER_SIZE",
+    "MULTIFD_FLAG_COMPRESSION_MASK",
+    "MULTIFD_FLAG_DEVICE_STATE",
+    "MULTIFD_FLAG_NOCOMP",
+    "MULTIFD_FLAG_SYNC",
+    "MULTIFD_MAGIC",
+    "MULTIFD_VERSION",
+    "PACKET_FIXED_SIZE",
+    "RAMBLOCK_NAME_SIZE",
+    "BlockError",
+    "CountError",
+    "FlagsError",
+    "HandshakeError",
+    "MagicError",
+    "MultiFDInit",
+    "OffsetError",
+    "PacketError",
+    "RamPacket",
+    "ReservedError",
+    "SizeError",
+    "TruncatedError",
+    "VersionError",
+    "check_header",
+    "decode_init",
+    "decode_packet",
+    "encode_init",
+    "encode_name",
+    "encode_packet",
+    "fill_packet",
+    "packet_len",
+]
