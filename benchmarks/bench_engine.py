@@ -55,8 +55,8 @@ from multifd_zero import (
     save_zero_pages,
     send_zero_page_detect,
 )
-from multifd_zero.tools.bench import write_json
 from multifd_zero.guest import make_guest_ram
+from multifd_zero.tools.bench import write_json
 
 MIB = 1024 * 1024
 MODES = ("multifd", "legacy")

@@ -11,6 +11,7 @@ import pytest
 import multifd_zero
 from multifd_zero import _kernels
 
+
 def _modules() -> list[str]:
     """Every module of the installed package, the compiled ones included."""
     names = ["multifd_zero"]

@@ -34,11 +34,11 @@ from reference_model import RefDestination
 import multifd_zero as mz
 from multifd_zero import guest, stats, wire
 from multifd_zero.migration import engine, shm, source, transport
-from multifd_zero.wire import ramstream
 from multifd_zero.migration.destination import MigrationDestination
 from multifd_zero.migration.engine import migrate
 from multifd_zero.migration.shm import SharedRAM
 from multifd_zero.migration.transport import Channel, inprocess_pair
+from multifd_zero.wire import ramstream
 
 PS = 4096
 PAGES = 512  # a 2 MiB block

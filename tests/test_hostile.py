@@ -978,8 +978,8 @@ def main_streams(draw: st.DrawFn) -> tuple[bytes, int, dict[str, int]]:
 def read_main_stream(raw: bytes, chunks: list[int], page_size: int, blocks_: dict[str, int],
                      magic_read: bool) -> list[Any]:
     """Read a whole main stream the way the destination does; return what it held."""
-    from multifd_zero.wire import ramstream as rs
     from multifd_zero.migration.transport import Channel
+    from multifd_zero.wire import ramstream as rs
 
     channel = BytesChannel(raw[4:] if magic_read else raw, chunks)
     Channel.register(BytesChannel)  # a virtual subclass: the reader only calls recv_into

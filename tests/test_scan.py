@@ -175,7 +175,7 @@ def test_scan_matches_reference(
 
 
 def test_docstring_examples() -> None:
-    """The examples in ``multifd_zero.tools.scan`` run and pass (tests/test_doctests.py lists others)."""
+    """The examples in ``multifd_zero.tools.scan`` run and pass (test_doctests runs the rest)."""
     result = doctest.testmod(scan_mod, report=False, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted >= 8
 

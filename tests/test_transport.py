@@ -20,10 +20,10 @@ import pytest
 
 from multifd_zero import wire
 from multifd_zero.migration import transport
-from multifd_zero.wire import ramstream
 from multifd_zero.migration.process import DestinationProcess, fresh_memory, rebuild_error
 from multifd_zero.migration.shm import SharedRAM
 from multifd_zero.migration.transport import Channel, Listener, connect, inprocess_pair
+from multifd_zero.wire import ramstream
 
 T = 5.0  # seconds: the bound on every wait in these tests
 

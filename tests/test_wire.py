@@ -17,9 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from multifd_zero import wire
+from multifd_zero.migration.transport import inprocess_pair
 from multifd_zero.wire import ramstream
 from multifd_zero.wire.ramstream import RamStreamReader
-from multifd_zero.migration.transport import inprocess_pair
 
 PS = 4096
 NAME = "pc.ram"

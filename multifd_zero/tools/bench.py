@@ -209,6 +209,16 @@ def _threads_ns(fn: Callable[[int], object], nthreads: int, units: int, repeats:
     return statistics.median(samples)
 
 
+def _both_on_one(fn: Callable[[int], None]) -> Callable[[int], None]:
+    """Both threads' work, done by one thread."""
+
+    def both(_: int) -> None:
+        fn(0)
+        fn(1)
+
+    return both
+
+
 def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
     rows = []
     n = ram.size // PAGE
@@ -244,12 +254,7 @@ def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
     units = BATCH * reps * calls * 2
     for label, fn in (("64 batches a call", batched), ("one batch a call", single)):
         row = BenchRow(f"in L2, 1 vs 2 threads (partition, 100% zero, {label})", units)
-        row.ns_per_page["1 thread"] = _threads_ns(
-            lambda i, fn=fn: (fn(0), fn(1)),
-            1,
-            units,
-            repeats,  # type: ignore[misc]
-        )
+        row.ns_per_page["1 thread"] = _threads_ns(_both_on_one(fn), 1, units, repeats)
         row.ns_per_page["2 threads"] = _threads_ns(fn, 2, units, repeats)
         rows.append(row)
     return rows

@@ -449,7 +449,7 @@ def decode_packet(
     >>> decode_packet(raw, page_count=2, page_size=4096, blocks={"pc.ram": 4096})
     Traceback (most recent call last):
       ...
-    multifd_zero.errors.OffsetError: offset[0] = 4096 is past the last page of 'pc.ram' (4096 bytes)
+    multifd_zero.errors.OffsetError: offset[0] = 4096 is past the last page of 'pc.ram' ...
     """
     size = packet_len(page_count)
     page_size = _kernels.check_page_size(page_size)
