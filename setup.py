@@ -1,7 +1,7 @@
 """Build the compiled kernels.
 
 The wheel is compiled for the baseline of its platform (no ``-march=native``);
-wider SIMD is selected at run time inside ``_simd.h``.
+wider SIMD is selected at run time inside ``multifd_zero/csrc`` (dispatch.h).
 """
 
 import os
@@ -17,15 +17,25 @@ else:
     if os.environ.get("MULTIFD_ZERO_WERROR"):
         extra_compile_args += ["-Wall", "-Werror", "-Wno-unused-function"]
 
+# The C kernels the .pyx modules include (through _csrc.pxd).
+CSRC = [
+    f"multifd_zero/csrc/{header}.h"
+    for header in (
+        "platform", "zero_check", "batch", "offsets", "bitmap", "zero_store", "dispatch",
+        "read_limit",
+    )
+]
+
 extensions = [
     Extension(
-        "multifd_zero._kernels",
-        sources=["multifd_zero/_kernels.pyx"],
+        f"multifd_zero.{name}",
+        sources=[f"multifd_zero/{name}.pyx"],
         include_dirs=["multifd_zero"],
-        depends=["multifd_zero/_simd.h"],
+        depends=[*CSRC, "multifd_zero/_csrc.pxd", f"multifd_zero/{name}.pxd"],
         extra_compile_args=extra_compile_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
+    # _bench_kernels: the benchmark's limit loops, kept out of the kernels module.
+    for name in ("_kernels", "_bench_kernels")
 ]
 
 setup(
@@ -33,13 +43,11 @@ setup(
         extensions,
         language_level=3,
         compiler_directives={
-            # Checks are explicit in the code; these are off per module and the
-            # functions that index with user data validate first.
+            # Checks are explicit in the code: the functions that index with
+            # user data validate it first.
             "boundscheck": False,
             "wraparound": False,
-            "initializedcheck": False,
             "cdivision": True,
-            "nonecheck": False,
             "embedsignature": True,
             "binding": True,
         },

@@ -51,7 +51,18 @@ def check_sdist(path: str) -> None:
         "multifd_zero/__init__.py",
         "multifd_zero/_kernels.pyx",
         "multifd_zero/_kernels.pyi",
-        "multifd_zero/_simd.h",
+        "multifd_zero/_csrc.pxd",
+        "multifd_zero/_bench_kernels.pyx",
+        "multifd_zero/_bench_kernels.pxd",
+        "multifd_zero/_bench_kernels.pyi",
+        "multifd_zero/csrc/platform.h",
+        "multifd_zero/csrc/zero_check.h",
+        "multifd_zero/csrc/batch.h",
+        "multifd_zero/csrc/offsets.h",
+        "multifd_zero/csrc/bitmap.h",
+        "multifd_zero/csrc/zero_store.h",
+        "multifd_zero/csrc/dispatch.h",
+        "multifd_zero/csrc/read_limit.h",
         "multifd_zero/py.typed",
         "tests/conftest.py",
         "docs/conf.py",
@@ -77,7 +88,11 @@ def check_wheel(path: str) -> None:
         metadata = whl.read(metadata_name).decode()
     ext = [n for n in names if re.fullmatch(r"multifd_zero/_kernels\..*(\.so|\.pyd)", n)]
     _require(len(ext) == 1, f"expected one compiled _kernels module, found {ext}")
-    for needed in ("multifd_zero/_kernels.pyi", "multifd_zero/py.typed"):
+    bench = [n for n in names if re.fullmatch(r"multifd_zero/_bench_kernels\..*(\.so|\.pyd)", n)]
+    _require(len(bench) == 1, f"expected one compiled _bench_kernels module, found {bench}")
+    for needed in (
+        "multifd_zero/_kernels.pyi", "multifd_zero/_bench_kernels.pyi", "multifd_zero/py.typed"
+    ):
         _require(needed in names, f"wheel lacks {needed}")
     _require(
         any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "wheel lacks LICENSE"

@@ -6,13 +6,14 @@
  *     /tmp/bench_floor --quick    # L2 rows only
  *
  * For each SIMD path this machine has, it times the batch loop that
- * partition_zero_pages, scan_zero_pages and zero_page_mask run (mfz_pages),
+ * partition_zero_pages, scan_zero_pages and zero_page_mask run (a path's pages),
  * next to two whole-buffer loops with no per-page work: the benchmark's read
  * limit (mfz_read_all) and one is_zero over the whole buffer. The difference
  * between `multifd-zero bench` and these figures is the Python call, the
  * argument checks and the replay of QEMU's order. Best of repeated runs.
  */
-#include "_simd.h"
+#include "csrc/dispatch.h"
+#include "csrc/read_limit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,9 +82,12 @@ typedef struct {
 
 static volatile uint64_t sink;
 
-static void run_pages(const job *j) { mfz_pages(j->ram, j->offs, j->pages, PAGE, j->out); }
+static void run_pages(const job *j) { mfz_path_now()->pages(j->ram, j->offs, j->pages, PAGE, j->out); }
 static void run_read_all(const job *j) { sink = mfz_read_all(j->ram, j->pages * PAGE); }
-static void run_is_zero(const job *j) { sink = (uint64_t)mfz_is_zero(j->ram, j->pages * PAGE); }
+static void run_is_zero(const job *j)
+{
+    sink = (uint64_t)mfz_is_zero(mfz_path_now(), j->ram, j->pages * PAGE);
+}
 
 /* Best ns per page over `runs` runs of `loops` calls. */
 static double best_ns(void (*fn)(const job *), const job *j, int loops, int runs)
@@ -113,7 +117,7 @@ static void rows(const char *title, size_t pages, double zero_share, int loops, 
             continue;
         }
         double ns = best_ns(run_pages, &j, loops, runs);
-        printf("  mfz_pages %-9s %8.1f ns/page %8.2f GB/s\n", mfz_path_names[path], ns, PAGE / ns);
+        printf("  mfz_pages %-9s %8.1f ns/page %8.2f GB/s\n", mfz_paths[path].name, ns, PAGE / ns);
     }
     mfz_select(mfz_best_path());
     double ns = best_ns(run_read_all, &j, loops, runs);
@@ -132,7 +136,7 @@ int main(int argc, char **argv)
 {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     mfz_select(mfz_best_path());
-    printf("best SIMD path: %s\n\n", mfz_path_names[mfz_best_path()]);
+    printf("best SIMD path: %s\n\n", mfz_paths[mfz_best_path()].name);
     rows("one 512 KiB batch in L2, 100% zero pages", BATCH, 1.0, 2000, 30);
     rows("one 512 KiB batch in L2, 50% zero, other pages random", BATCH, 0.5, 2000, 30);
     if (!quick) {

@@ -5,12 +5,16 @@ Every function validates all of its arguments (types, writability, page size,
 every offset) while holding the GIL, copies the offsets it will use, and only
 then releases the GIL to scan or write. A bad argument therefore raises before
 any byte, bit or offset has changed.
+
+Each kernel has the same shape: acquire and check its buffers through one
+``_Call`` (see "the buffer driver" below), run the C kernel from csrc/ with
+the GIL released, and release everything in one ``finally``.
 """
 
 from cpython.buffer cimport (
     PyBUF_FORMAT,
-    PyBUF_WRITABLE,
     PyBUF_STRIDES,
+    PyBUF_WRITABLE,
     PyBuffer_IsContiguous,
     PyBuffer_Release,
     PyObject_CheckBuffer,
@@ -20,28 +24,27 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove, memset
 
+from multifd_zero._csrc cimport (
+    MFZ_NPATHS,
+    mfz_best_path,
+    mfz_bit_clear,
+    mfz_bit_set,
+    mfz_bit_test,
+    mfz_count_nonzero,
+    mfz_is_zero,
+    mfz_offsets_ok,
+    mfz_path,
+    mfz_path_now,
+    mfz_path_supported,
+    mfz_paths,
+    mfz_popcount64,
+    mfz_select,
+    mfz_store_fence,
+)
+
 import operator
 
 import numpy as np
-
-cdef extern from "_simd.h" nogil:
-    int MFZ_NPATHS
-    const char *mfz_path_names[]
-    int mfz_current
-    int mfz_path_supported(int path)
-    int mfz_select(int path)
-    int mfz_best_path()
-    int mfz_is_zero(const uint8_t *buf, size_t length)
-    int mfz_bit_test(const uint64_t *bitmap, uint64_t bit)
-    int mfz_bit_set(uint64_t *bitmap, uint64_t bit)
-    int mfz_bit_clear(uint64_t *bitmap, uint64_t bit)
-    uint64_t mfz_popcount64(uint64_t v)
-    void mfz_zero_page(uint8_t *p, size_t length)
-    void mfz_store_fence()
-    uint64_t mfz_read_all(const uint8_t *buf, size_t length)
-    void mfz_pages(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps, uint8_t *out)
-    int mfz_offsets_ok(const uint64_t *offs, size_t n, uint64_t align_mask, uint64_t limit)
-    size_t mfz_count_nonzero(const uint8_t *flags, size_t n)
 
 MIN_PAGE_SIZE = 1024
 MAX_PAGE_SIZE = 2 * 1024 * 1024
@@ -91,21 +94,64 @@ cdef Py_ssize_t _check_page_size(object page_size) except -1:
     return ps
 
 
-cdef int _get_bytes(object obj, Py_buffer *view, bint writable, str name) except -1:
-    """Acquire a C-contiguous buffer of any item type, as raw bytes."""
-    if not PyObject_CheckBuffer(obj):
-        raise TypeError(
-            f"{name} must support the buffer protocol (bytes, bytearray, memoryview, "
-            f"mmap, numpy array), not {type(obj).__name__}"
-        )
-    PyObject_GetBuffer(obj, view, PyBUF_STRIDES)
-    if not PyBuffer_IsContiguous(view, b'C'):
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} must be C-contiguous")
-    if writable and view.readonly:
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} is read-only, but this call writes into it")
-    return 0
+cdef int _page_shift(Py_ssize_t ps) noexcept:
+    cdef int shift = 0
+    while (<Py_ssize_t>1 << shift) < ps:
+        shift += 1
+    return shift
+
+
+# --------------------------------------------------------- the buffer driver
+
+# What a call needs of one buffer: flags for _Call.acquire.
+cdef enum:
+    _READ = 0       # C-contiguous, any item type, read-only is fine
+    _WRITE = 1      # ... and writable
+    _U64 = 2        # native uint64 items, 1-D
+    _U64_2D = 4     # native uint64 items, 2-D
+
+# Batches up to this many pages (a whole multifd packet of 1 KiB pages) are
+# worked on in the call's own arrays: malloc and free cost more than a small
+# batch's bookkeeping.
+cdef enum:
+    _SMALL_BATCH = 512
+    _MAX_BUFFERS = 4
+
+
+cdef struct _Call:
+    # The buffers acquired so far, released in reverse order by _end.
+    Py_buffer views[_MAX_BUFFERS]
+    int held
+    # The private copy of the offsets and the per-page flags: the small arrays
+    # below, or malloc'd memory that _end frees.
+    uint64_t *work
+    uint8_t *flags
+    uint64_t small_work[_SMALL_BATCH]
+    uint8_t small_flags[_SMALL_BATCH]
+
+
+cdef inline void _begin(_Call *c) noexcept:
+    c.held = 0
+    c.work = NULL
+    c.flags = NULL
+
+
+cdef void _end(_Call *c) noexcept:
+    """Release every buffer and free every array of the call; safe after any failure."""
+    while c.held > 0:
+        c.held -= 1
+        PyBuffer_Release(&c.views[c.held])
+    if c.work != c.small_work:
+        free(c.work)
+    if c.flags != c.small_flags:
+        free(c.flags)
+    c.work = NULL
+    c.flags = NULL
+
+
+cdef bint _little_endian() noexcept:
+    cdef uint64_t one = 1
+    return (<uint8_t *>&one)[0] == 1
 
 
 cdef bint _is_u64_format(const char *fmt) noexcept:
@@ -118,34 +164,47 @@ cdef bint _is_u64_format(const char *fmt) noexcept:
     return (fmt[0] == b'Q' or (fmt[0] == b'L' and sizeof(long) == 8)) and fmt[1] == 0
 
 
-cdef bint _little_endian() noexcept:
-    cdef uint64_t one = 1
-    return (<uint8_t *>&one)[0] == 1
-
-
-cdef int _get_u64(object obj, Py_buffer *view, bint writable, str name, int ndim=1) except -1:
-    """Acquire a C-contiguous buffer of native uint64 with ``ndim`` dimensions."""
-    if not PyObject_CheckBuffer(obj):
-        raise TypeError(
-            f"{name} must be a 1-D numpy.uint64 array (or another buffer of uint64), "
-            f"not {type(obj).__name__}"
-        )
-    PyObject_GetBuffer(obj, view, PyBUF_STRIDES | PyBUF_FORMAT)
-    if view.itemsize != 8 or not _is_u64_format(view.format):
-        fmt = (<bytes>view.format).decode("ascii", "replace") if view.format else "B"
-        PyBuffer_Release(view)
-        raise TypeError(f"{name} must hold uint64 items, got format {fmt!r}")
-    if view.ndim != ndim:
-        got = view.ndim
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} must be {ndim}-D, got {got} dimensions")
-    if not PyBuffer_IsContiguous(view, b'C'):
-        PyBuffer_Release(view)
-        raise ValueError(f"{name} must be contiguous")
-    if writable and view.readonly:
-        PyBuffer_Release(view)
+cdef int _check_view(const Py_buffer *view, int need, str name) except -1:
+    """Raise unless ``view`` meets ``need``: TypeError for the item type, ValueError otherwise."""
+    cdef int ndim
+    if need & (_U64 | _U64_2D):
+        if view.itemsize != 8 or not _is_u64_format(view.format):
+            fmt = (<bytes>view.format).decode("ascii", "replace") if view.format else "B"
+            raise TypeError(f"{name} must hold uint64 items, got format {fmt!r}")
+        ndim = 2 if need & _U64_2D else 1
+        if view.ndim != ndim:
+            raise ValueError(f"{name} must be {ndim}-D, got {view.ndim} dimensions")
+        if not PyBuffer_IsContiguous(view, b'C'):
+            raise ValueError(f"{name} must be contiguous")
+    elif not PyBuffer_IsContiguous(view, b'C'):
+        raise ValueError(f"{name} must be C-contiguous")
+    if need & _WRITE and view.readonly:
         raise ValueError(f"{name} is read-only, but this call writes into it")
     return 0
+
+
+cdef Py_buffer *_acquire(_Call *c, object obj, int need, str name) except NULL:
+    """Acquire ``obj`` for the call and check it against ``need``.
+
+    The buffer belongs to the call as soon as it is acquired, so ``_end``
+    releases it whether the check below passes or raises.
+    """
+    cdef Py_buffer *view = &c.views[c.held]
+    cdef bint u64 = (need & (_U64 | _U64_2D)) != 0
+    if not PyObject_CheckBuffer(obj):
+        if u64:
+            raise TypeError(
+                f"{name} must be a 1-D numpy.uint64 array (or another buffer of uint64), "
+                f"not {type(obj).__name__}"
+            )
+        raise TypeError(
+            f"{name} must support the buffer protocol (bytes, bytearray, memoryview, "
+            f"mmap, numpy array), not {type(obj).__name__}"
+        )
+    PyObject_GetBuffer(obj, view, PyBUF_STRIDES | PyBUF_FORMAT if u64 else PyBUF_STRIDES)
+    c.held += 1
+    _check_view(view, need, name)
+    return view
 
 
 cdef int _check_offsets(
@@ -172,37 +231,63 @@ cdef int _check_offsets(
     return 0
 
 
-# Batches up to this many pages (a whole multifd packet of 1 KiB pages) are
-# worked on in stack buffers: malloc and free cost more than a small batch's
-# bookkeeping.
-cdef enum:
-    _SMALL_BATCH = 512
-
-
 cdef uint64_t *_copy_offsets(
-    const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size, uint64_t *into=NULL
+    _Call *c, const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size
 ) except NULL:
-    """Copy and check every offset; the copy is what the kernels then use.
+    """Copy and check every offset into the call's work array; the copy is what the kernels use.
 
     Working on a private copy means another thread that rewrites the caller's
-    array cannot make a kernel read or write outside the host buffer. The copy
-    goes to ``into`` when given (room for every offset is the caller's duty),
-    else to new memory the caller frees.
+    array cannot make a kernel read or write outside the host buffer.
     """
     cdef Py_ssize_t n = offs.len // 8
-    cdef uint64_t *copy = into
-    if copy == NULL:
-        copy = <uint64_t *>malloc(max(n, 1) * 8)
-        if copy == NULL:
+    if n <= _SMALL_BATCH:
+        c.work = c.small_work
+    else:
+        c.work = <uint64_t *>malloc(n * 8)
+        if c.work == NULL:
             raise MemoryError()
-    memcpy(copy, offs.buf, n * 8)
-    try:
-        _check_offsets(copy, n, host_len, page_size, "offsets")
-    except BaseException:
-        if copy != into:
-            free(copy)
-        raise
-    return copy
+    memcpy(c.work, offs.buf, n * 8)
+    _check_offsets(c.work, n, host_len, page_size, "offsets")
+    return c.work
+
+
+cdef uint8_t *_page_flags(_Call *c, Py_ssize_t n) except NULL:
+    """The call's array of one flag per page."""
+    if n <= _SMALL_BATCH:
+        c.flags = c.small_flags
+    else:
+        c.flags = <uint8_t *>malloc(n)
+        if c.flags == NULL:
+            raise MemoryError()
+    return c.flags
+
+
+cdef int _check_bitmap(const Py_buffer *bitmap, Py_ssize_t host_len, Py_ssize_t page_size) except -1:
+    cdef Py_ssize_t pages = host_len // page_size
+    cdef Py_ssize_t words = (pages + 63) // 64
+    if bitmap.len // 8 < words:
+        raise ValueError(
+            f"receivedmap has {bitmap.len // 8} words, but the host's {pages} pages "
+            f"need {words}"
+        )
+    return 0
+
+
+cdef object _BOOL = np.dtype(np.bool_)
+cdef uint8_t _EMPTY_BYTE = 0
+
+
+cdef uint8_t *_array_data(object arr) except NULL:
+    """The data of a new, contiguous numpy array we just made."""
+    cdef Py_buffer view
+    cdef uint8_t *data
+    PyObject_GetBuffer(arr, &view, PyBUF_WRITABLE)
+    data = <uint8_t *>view.buf
+    # The array outlives this call and keeps the memory; the view is not needed.
+    PyBuffer_Release(&view)
+    if data == NULL:
+        data = <uint8_t *>&_EMPTY_BYTE
+    return data
 
 
 def check_offsets(offsets, used_length, page_size=4096, name="offsets"):
@@ -226,27 +311,18 @@ def check_offsets(offsets, used_length, page_size=4096, name="offsets"):
         An offset is not a multiple of ``page_size``, or its page does not
         end inside the block.
     """
-    cdef Py_buffer ov
     cdef Py_ssize_t ps = _check_page_size(page_size)
     cdef Py_ssize_t length = _as_int(used_length, "used_length")
+    cdef _Call c
+    cdef Py_buffer *ov
     if length < 0:
         raise ValueError(f"used_length must not be negative, got {length}")
-    _get_u64(offsets, &ov, False, name)
+    _begin(&c)
     try:
+        ov = _acquire(&c, offsets, _U64, name)
         _check_offsets(<const uint64_t *>ov.buf, ov.len // 8, length, ps, name)
     finally:
-        PyBuffer_Release(&ov)
-
-
-cdef int _check_bitmap(const Py_buffer *bitmap, Py_ssize_t host_len, Py_ssize_t page_size) except -1:
-    cdef Py_ssize_t pages = host_len // page_size
-    cdef Py_ssize_t words = (pages + 63) // 64
-    if bitmap.len // 8 < words:
-        raise ValueError(
-            f"receivedmap has {bitmap.len // 8} words, but the host's {pages} pages "
-            f"need {words}"
-        )
-    return 0
+        _end(&c)
 
 
 def check_page_size(page_size):
@@ -260,25 +336,6 @@ def check_page_size(page_size):
         Out of range or not a power of two.
     """
     return _check_page_size(page_size)
-
-
-cdef object _BOOL = np.dtype(np.bool_)
-
-
-cdef uint8_t *_bool_data(object arr) except NULL:
-    """The data of a new, contiguous numpy array we just made."""
-    cdef Py_buffer view
-    cdef uint8_t *data
-    PyObject_GetBuffer(arr, &view, PyBUF_WRITABLE)
-    data = <uint8_t *>view.buf
-    # The array outlives this call and keeps the memory; the view is not needed.
-    PyBuffer_Release(&view)
-    if data == NULL:
-        data = <uint8_t *>&_EMPTY_BYTE
-    return data
-
-
-cdef uint8_t _EMPTY_BYTE = 0
 
 
 # -------------------------------------------------------------- zero checks
@@ -309,18 +366,21 @@ def is_zero(buf):
     >>> is_zero(bytes(4096)), is_zero(b"\\0" * 4095 + b"\\1"), is_zero(b"")
     (True, False, True)
     """
-    cdef Py_buffer view
+    cdef const mfz_path *path = mfz_path_now()
+    cdef _Call c
+    cdef Py_buffer *view
     cdef int result
-    _get_bytes(buf, &view, False, "buf")
+    _begin(&c)
     try:
+        view = _acquire(&c, buf, _READ, "buf")
         if view.len < 65536:
             # A GIL round trip would cost more than the scan.
-            result = mfz_is_zero(<const uint8_t *>view.buf, view.len)
+            result = mfz_is_zero(path, <const uint8_t *>view.buf, view.len)
         else:
             with nogil:
-                result = mfz_is_zero(<const uint8_t *>view.buf, view.len)
+                result = mfz_is_zero(path, <const uint8_t *>view.buf, view.len)
     finally:
-        PyBuffer_Release(&view)
+        _end(&c)
     return result != 0
 
 
@@ -346,12 +406,15 @@ def zero_page_mask(buf, page_size=4096):
     >>> zero_page_mask(bytes(4096) + b"\\1" * 4096 + bytes(4096)).tolist()
     [True, False, True]
     """
-    cdef Py_buffer view
+    cdef const mfz_path *path = mfz_path_now()
     cdef Py_ssize_t ps = _check_page_size(page_size)
-    cdef Py_ssize_t n, i
+    cdef _Call c
+    cdef Py_buffer *view
+    cdef Py_ssize_t n
     cdef uint8_t *out
-    _get_bytes(buf, &view, False, "buf")
+    _begin(&c)
     try:
+        view = _acquire(&c, buf, _READ, "buf")
         if view.len % ps:
             raise ValueError(
                 f"the length of buf ({view.len} bytes) is not a multiple of "
@@ -359,11 +422,11 @@ def zero_page_mask(buf, page_size=4096):
             )
         n = view.len // ps
         mask = np.empty(n, dtype=_BOOL)
-        out = _bool_data(mask)
+        out = _array_data(mask)
         with nogil:
-            mfz_pages(<const uint8_t *>view.buf, NULL, n, ps, out)
+            path.pages(<const uint8_t *>view.buf, NULL, n, ps, out)
     finally:
-        PyBuffer_Release(&view)
+        _end(&c)
     return mask
 
 
@@ -405,37 +468,26 @@ def partition_zero_pages(host, offsets, page_size=4096):
     >>> partition_zero_pages(host, offsets), offsets.tolist()
     (1, [4096, 8192, 0])
     """
-    cdef Py_buffer hv, ov
+    cdef const mfz_path *path = mfz_path_now()
     cdef Py_ssize_t ps = _check_page_size(page_size)
-    cdef uint64_t small_work[_SMALL_BATCH]
-    cdef uint8_t small_zero[_SMALL_BATCH]
-    cdef uint64_t *work = NULL
-    cdef uint8_t *zero = NULL
+    cdef _Call c
+    cdef Py_buffer *hv
+    cdef Py_buffer *ov
+    cdef uint64_t *work
+    cdef uint8_t *zero
     cdef Py_ssize_t n, normal = 0
-    _get_bytes(host, &hv, False, "host")
+    _begin(&c)
     try:
-        _get_u64(offsets, &ov, True, "offsets")
-        try:
-            n = ov.len // 8
-            if n <= _SMALL_BATCH:
-                work = _copy_offsets(&ov, hv.len, ps, small_work)
-                zero = small_zero
-            else:
-                work = _copy_offsets(&ov, hv.len, ps)
-                zero = <uint8_t *>malloc(n)
-                if zero == NULL:
-                    raise MemoryError()
-            with nogil:
-                normal = _partition(<const uint8_t *>hv.buf, ps, work, zero, n)
-                memcpy(ov.buf, work, n * 8)
-        finally:
-            PyBuffer_Release(&ov)
+        hv = _acquire(&c, host, _READ, "host")
+        ov = _acquire(&c, offsets, _U64 | _WRITE, "offsets")
+        n = ov.len // 8
+        work = _copy_offsets(&c, ov, hv.len, ps)
+        zero = _page_flags(&c, n)
+        with nogil:
+            normal = _partition(path, <const uint8_t *>hv.buf, ps, work, zero, n)
+            memcpy(ov.buf, work, n * 8)
     finally:
-        PyBuffer_Release(&hv)
-        if work != small_work:
-            free(work)
-        if zero != small_zero:
-            free(zero)
+        _end(&c)
     return normal
 
 
@@ -469,45 +521,43 @@ def partition_batches(host, offsets, page_size=4096):
     >>> partition_batches(host, offsets).tolist(), offsets.tolist()
     ([1, 1], [[4096, 0], [4096, 0]])
     """
-    cdef Py_buffer hv, ov
+    cdef const mfz_path *path = mfz_path_now()
     cdef Py_ssize_t ps = _check_page_size(page_size)
-    cdef uint64_t *work = NULL
-    cdef uint8_t *zero = NULL
+    cdef _Call c
+    cdef Py_buffer *hv
+    cdef Py_buffer *ov
+    cdef uint64_t *work
+    cdef uint8_t *zero
     cdef Py_ssize_t rows, cols, r
     cdef int64_t *out
-    _get_bytes(host, &hv, False, "host")
+    _begin(&c)
     try:
-        _get_u64(offsets, &ov, True, "offsets", 2)
-        try:
-            rows = ov.shape[0]
-            cols = ov.shape[1]
-            work = _copy_offsets(&ov, hv.len, ps)
-            zero = <uint8_t *>malloc(max(cols, 1))
-            if zero == NULL:
-                raise MemoryError()
-            normals = np.empty(rows, dtype=np.int64)
-            out = <int64_t *>_bool_data(normals)
-            with nogil:
-                for r in range(rows):
-                    out[r] = _partition(<const uint8_t *>hv.buf, ps, work + r * cols, zero, cols)
-                memcpy(ov.buf, work, rows * cols * 8)
-        finally:
-            PyBuffer_Release(&ov)
+        hv = _acquire(&c, host, _READ, "host")
+        ov = _acquire(&c, offsets, _U64_2D | _WRITE, "offsets")
+        rows = ov.shape[0]
+        cols = ov.shape[1]
+        work = _copy_offsets(&c, ov, hv.len, ps)
+        zero = _page_flags(&c, cols)
+        normals = np.empty(rows, dtype=np.int64)
+        out = <int64_t *>_array_data(normals)
+        with nogil:
+            for r in range(rows):
+                out[r] = _partition(path, <const uint8_t *>hv.buf, ps, work + r * cols, zero, cols)
+            memcpy(ov.buf, work, rows * cols * 8)
     finally:
-        PyBuffer_Release(&hv)
-        free(work)
-        free(zero)
+        _end(&c)
     return normals
 
 
 cdef Py_ssize_t _partition(
-    const uint8_t *base, Py_ssize_t ps, uint64_t *work, uint8_t *zero, Py_ssize_t n
+    const mfz_path *path, const uint8_t *base, Py_ssize_t ps, uint64_t *work, uint8_t *zero,
+    Py_ssize_t n
 ) noexcept nogil:
     """QEMU's two-pointer pass over ``work``, with the tests done in a forward pass first."""
     cdef Py_ssize_t i = 0, j = n - 1, zeros
     cdef uint64_t tmp_off
     cdef uint8_t tmp_zero
-    mfz_pages(base, work, n, ps, zero)
+    path.pages(base, work, n, ps, zero)
     zeros = mfz_count_nonzero(zero, n)
     if zeros == 0:
         return n
@@ -554,28 +604,26 @@ def scan_zero_pages(host, offsets, page_size=4096):
     numpy.ndarray
         ``bool`` array with ``len(offsets)`` entries.
     """
-    cdef Py_buffer hv, ov
+    cdef const mfz_path *path = mfz_path_now()
     cdef Py_ssize_t ps = _check_page_size(page_size)
-    cdef uint64_t *work = NULL
-    cdef Py_ssize_t n, k
+    cdef _Call c
+    cdef Py_buffer *hv
+    cdef Py_buffer *ov
+    cdef uint64_t *work
+    cdef Py_ssize_t n
     cdef uint8_t *out
-    cdef const uint8_t *base
-    _get_bytes(host, &hv, False, "host")
+    _begin(&c)
     try:
-        _get_u64(offsets, &ov, False, "offsets")
-        try:
-            n = ov.len // 8
-            work = _copy_offsets(&ov, hv.len, ps)
-            mask = np.empty(n, dtype=_BOOL)
-            out = _bool_data(mask)
-            base = <const uint8_t *>hv.buf
-            with nogil:
-                mfz_pages(base, work, n, ps, out)
-        finally:
-            PyBuffer_Release(&ov)
+        hv = _acquire(&c, host, _READ, "host")
+        ov = _acquire(&c, offsets, _U64, "offsets")
+        n = ov.len // 8
+        work = _copy_offsets(&c, ov, hv.len, ps)
+        mask = np.empty(n, dtype=_BOOL)
+        out = _array_data(mask)
+        with nogil:
+            path.pages(<const uint8_t *>hv.buf, work, n, ps, out)
     finally:
-        PyBuffer_Release(&hv)
-        free(work)
+        _end(&c)
     return mask
 
 
@@ -609,61 +657,57 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
     int
         The number of pages written with zeros.
     """
-    cdef Py_buffer hv, mv, ov
+    cdef const mfz_path *path = mfz_path_now()
     cdef Py_ssize_t ps = _check_page_size(page_size)
-    cdef uint64_t *work = NULL
+    cdef _Call c
+    cdef Py_buffer *hv
+    cdef Py_buffer *mv
+    cdef Py_buffer *ov
+    cdef uint64_t *work
     cdef Py_ssize_t n, k, written = 0
     cdef uint64_t bit
-    cdef int received, how
+    cdef int received, how, shift
     cdef bint unfenced = False
     cdef uint8_t *base
     cdef uint64_t *words
-    cdef int shift = 0
     mode = _as_int(mode, "mode")
     if mode not in (ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO):
         raise ValueError(f"mode must be ZERO_IF_RECEIVED, ZERO_ALWAYS or ZERO_IF_NONZERO, got {mode}")
     how = mode
-    while (1 << shift) < ps:
-        shift += 1
-    _get_bytes(host, &hv, True, "host")
+    shift = _page_shift(ps)
+    _begin(&c)
     try:
-        _get_u64(receivedmap, &mv, True, "receivedmap")
-        try:
-            _check_bitmap(&mv, hv.len, ps)
-            _get_u64(offsets, &ov, False, "offsets")
-            try:
-                n = ov.len // 8
-                work = _copy_offsets(&ov, hv.len, ps)
-                base = <uint8_t *>hv.buf
-                words = <uint64_t *>mv.buf
-                with nogil:
-                    for k in range(n):
-                        bit = work[k] >> shift
-                        received = mfz_bit_test(words, bit)
-                        if how == _IF_NONZERO:
-                            if not mfz_is_zero(base + work[k], ps):
-                                memset(base + work[k], 0, ps)
-                                written += 1
-                        elif how == _ALWAYS or received:
-                            mfz_zero_page(base + work[k], ps)
-                            written += 1
-                            unfenced = True
-                        if not received:
-                            # The zeroes must be visible before the bit that
-                            # says the page has arrived.
-                            if unfenced:
-                                mfz_store_fence()
-                                unfenced = False
-                            mfz_bit_set(words, bit)
+        hv = _acquire(&c, host, _READ | _WRITE, "host")
+        mv = _acquire(&c, receivedmap, _U64 | _WRITE, "receivedmap")
+        _check_bitmap(mv, hv.len, ps)
+        ov = _acquire(&c, offsets, _U64, "offsets")
+        n = ov.len // 8
+        work = _copy_offsets(&c, ov, hv.len, ps)
+        base = <uint8_t *>hv.buf
+        words = <uint64_t *>mv.buf
+        with nogil:
+            for k in range(n):
+                bit = work[k] >> shift
+                received = mfz_bit_test(words, bit)
+                if how == _IF_NONZERO:
+                    if not mfz_is_zero(path, base + work[k], ps):
+                        memset(base + work[k], 0, ps)
+                        written += 1
+                elif how == _ALWAYS or received:
+                    path.zero_page(base + work[k], ps)
+                    written += 1
+                    unfenced = True
+                if not received:
+                    # The zeroes must be visible before the bit that says the
+                    # page has arrived.
                     if unfenced:
                         mfz_store_fence()
-            finally:
-                PyBuffer_Release(&ov)
-        finally:
-            PyBuffer_Release(&mv)
+                        unfenced = False
+                    mfz_bit_set(words, bit)
+            if unfenced:
+                mfz_store_fence()
     finally:
-        PyBuffer_Release(&hv)
-        free(work)
+        _end(&c)
     return written
 
 
@@ -691,48 +735,40 @@ def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096):
     int
         The number of pages written.
     """
-    cdef Py_buffer hv, mv, ov, dv
     cdef Py_ssize_t ps = _check_page_size(page_size)
-    cdef uint64_t *work = NULL
+    cdef _Call c
+    cdef Py_buffer *hv
+    cdef Py_buffer *mv
+    cdef Py_buffer *ov
+    cdef Py_buffer *dv
+    cdef uint64_t *work
     cdef Py_ssize_t n, k
-    cdef int shift = 0
+    cdef int shift = _page_shift(ps)
     cdef uint8_t *base
     cdef const uint8_t *src
     cdef uint64_t *words
-    while (1 << shift) < ps:
-        shift += 1
-    _get_bytes(host, &hv, True, "host")
+    _begin(&c)
     try:
-        _get_u64(receivedmap, &mv, True, "receivedmap")
-        try:
-            _check_bitmap(&mv, hv.len, ps)
-            _get_u64(offsets, &ov, False, "offsets")
-            try:
-                _get_bytes(data, &dv, False, "data")
-                try:
-                    n = ov.len // 8
-                    if dv.len != n * ps:
-                        raise ValueError(
-                            f"data holds {dv.len} bytes, but {n} pages of {ps} bytes "
-                            f"need {n * ps}"
-                        )
-                    work = _copy_offsets(&ov, hv.len, ps)
-                    base = <uint8_t *>hv.buf
-                    src = <const uint8_t *>dv.buf
-                    words = <uint64_t *>mv.buf
-                    with nogil:
-                        for k in range(n):
-                            mfz_bit_set(words, work[k] >> shift)
-                            memcpy(base + work[k], src + k * ps, ps)
-                finally:
-                    PyBuffer_Release(&dv)
-            finally:
-                PyBuffer_Release(&ov)
-        finally:
-            PyBuffer_Release(&mv)
+        hv = _acquire(&c, host, _READ | _WRITE, "host")
+        mv = _acquire(&c, receivedmap, _U64 | _WRITE, "receivedmap")
+        _check_bitmap(mv, hv.len, ps)
+        ov = _acquire(&c, offsets, _U64, "offsets")
+        dv = _acquire(&c, data, _READ, "data")
+        n = ov.len // 8
+        if dv.len != n * ps:
+            raise ValueError(
+                f"data holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
+            )
+        work = _copy_offsets(&c, ov, hv.len, ps)
+        base = <uint8_t *>hv.buf
+        src = <const uint8_t *>dv.buf
+        words = <uint64_t *>mv.buf
+        with nogil:
+            for k in range(n):
+                mfz_bit_set(words, work[k] >> shift)
+                memcpy(base + work[k], src + k * ps, ps)
     finally:
-        PyBuffer_Release(&hv)
-        free(work)
+        _end(&c)
     return n
 
 
@@ -756,36 +792,33 @@ def gather_pages(host, offsets, out, page_size=4096):
     int
         The number of pages copied.
     """
-    cdef Py_buffer hv, ov, dv
     cdef Py_ssize_t ps = _check_page_size(page_size)
-    cdef uint64_t *work = NULL
+    cdef _Call c
+    cdef Py_buffer *hv
+    cdef Py_buffer *ov
+    cdef Py_buffer *dv
+    cdef uint64_t *work
     cdef Py_ssize_t n, k
     cdef const uint8_t *base
     cdef uint8_t *dst
-    _get_bytes(host, &hv, False, "host")
+    _begin(&c)
     try:
-        _get_u64(offsets, &ov, False, "offsets")
-        try:
-            _get_bytes(out, &dv, True, "out")
-            try:
-                n = ov.len // 8
-                if dv.len != n * ps:
-                    raise ValueError(
-                        f"out holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
-                    )
-                work = _copy_offsets(&ov, hv.len, ps)
-                base = <const uint8_t *>hv.buf
-                dst = <uint8_t *>dv.buf
-                with nogil:
-                    for k in range(n):
-                        memcpy(dst + k * ps, base + work[k], ps)
-            finally:
-                PyBuffer_Release(&dv)
-        finally:
-            PyBuffer_Release(&ov)
+        hv = _acquire(&c, host, _READ, "host")
+        ov = _acquire(&c, offsets, _U64, "offsets")
+        dv = _acquire(&c, out, _READ | _WRITE, "out")
+        n = ov.len // 8
+        if dv.len != n * ps:
+            raise ValueError(
+                f"out holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
+            )
+        work = _copy_offsets(&c, ov, hv.len, ps)
+        base = <const uint8_t *>hv.buf
+        dst = <uint8_t *>dv.buf
+        with nogil:
+            for k in range(n):
+                memcpy(dst + k * ps, base + work[k], ps)
     finally:
-        PyBuffer_Release(&hv)
-        free(work)
+        _end(&c)
     return n
 
 
@@ -800,80 +833,63 @@ cdef uint64_t _check_bit(const Py_buffer *mv, object bit) except? 0:
 
 def bitmap_test(bitmap, bit):
     """Return the value of ``bit`` in a ``uint64`` bitmap (an atomic load)."""
-    cdef Py_buffer mv
+    cdef _Call c
+    cdef Py_buffer *mv
     cdef int r
-    _get_u64(bitmap, &mv, False, "bitmap")
+    _begin(&c)
     try:
-        r = mfz_bit_test(<const uint64_t *>mv.buf, _check_bit(&mv, bit))
+        mv = _acquire(&c, bitmap, _U64, "bitmap")
+        r = mfz_bit_test(<const uint64_t *>mv.buf, _check_bit(mv, bit))
     finally:
-        PyBuffer_Release(&mv)
+        _end(&c)
     return r != 0
 
 
 def bitmap_set(bitmap, bit):
     """Set ``bit`` atomically; return its previous value."""
-    cdef Py_buffer mv
+    cdef _Call c
+    cdef Py_buffer *mv
     cdef int r
-    _get_u64(bitmap, &mv, True, "bitmap")
+    _begin(&c)
     try:
-        r = mfz_bit_set(<uint64_t *>mv.buf, _check_bit(&mv, bit))
+        mv = _acquire(&c, bitmap, _U64 | _WRITE, "bitmap")
+        r = mfz_bit_set(<uint64_t *>mv.buf, _check_bit(mv, bit))
     finally:
-        PyBuffer_Release(&mv)
+        _end(&c)
     return r != 0
 
 
 def bitmap_clear(bitmap, bit):
     """Clear ``bit`` atomically; return its previous value."""
-    cdef Py_buffer mv
+    cdef _Call c
+    cdef Py_buffer *mv
     cdef int r
-    _get_u64(bitmap, &mv, True, "bitmap")
+    _begin(&c)
     try:
-        r = mfz_bit_clear(<uint64_t *>mv.buf, _check_bit(&mv, bit))
+        mv = _acquire(&c, bitmap, _U64 | _WRITE, "bitmap")
+        r = mfz_bit_clear(<uint64_t *>mv.buf, _check_bit(mv, bit))
     finally:
-        PyBuffer_Release(&mv)
+        _end(&c)
     return r != 0
 
 
 def bitmap_count(bitmap):
     """Return the number of set bits in a ``uint64`` bitmap."""
-    cdef Py_buffer mv
+    cdef _Call c
+    cdef Py_buffer *mv
     cdef uint64_t total = 0
     cdef Py_ssize_t k
     cdef const uint64_t *words
-    _get_u64(bitmap, &mv, False, "bitmap")
+    _begin(&c)
     try:
+        mv = _acquire(&c, bitmap, _U64, "bitmap")
         words = <const uint64_t *>mv.buf
         with nogil:
             for k in range(mv.len // 8):
                 total += mfz_popcount64(words[k])
     finally:
-        PyBuffer_Release(&mv)
+        _end(&c)
     return total
-
-
-def _read_all(buf):
-    """OR every byte of ``buf`` with no early exit; for the benchmark's limit row."""
-    cdef Py_buffer view
-    cdef uint64_t r
-    _get_bytes(buf, &view, False, "buf")
-    try:
-        with nogil:
-            r = mfz_read_all(<const uint8_t *>view.buf, view.len)
-    finally:
-        PyBuffer_Release(&view)
-    return r
-
-
-def _zero_all(buf):
-    """Zero all of writable ``buf`` with the receiver's stores; for the benchmark's limit row."""
-    cdef Py_buffer view
-    _get_bytes(buf, &view, True, "buf")
-    try:
-        with nogil:
-            mfz_zero_page(<uint8_t *>view.buf, view.len)
-            mfz_store_fence()
-    finally:
-        PyBuffer_Release(&view)
 
 
 # ---------------------------------------------------------------- SIMD paths
@@ -881,17 +897,34 @@ def _zero_all(buf):
 def simd_paths():
     """Return the names of the zero-check paths this CPU can run, slowest first."""
     return tuple(
-        (<bytes>mfz_path_names[p]).decode() for p in range(MFZ_NPATHS) if mfz_path_supported(p)
+        (<bytes>mfz_paths[p].name).decode() for p in range(MFZ_NPATHS) if mfz_path_supported(p)
     )
 
 
 def get_simd():
     """Return the name of the active zero-check path."""
-    return (<bytes>mfz_path_names[mfz_current]).decode()
+    return (<bytes>mfz_path_now().name).decode()
 
 
 def set_simd(name):
     """Select the zero-check path by name (``"best"`` picks the fastest available).
+
+    Every kernel reads the active path once, when it is called, and runs the
+    whole call on it. Calling ``set_simd`` while kernels run on other threads
+    is therefore safe: a call already running finishes on the path it started
+    with, and calls that start afterwards use the new one. The switch is one
+    atomic pointer store, so no call ever mixes two paths. The path is global
+    to the process, not per thread.
+
+    Parameters
+    ----------
+    name : str
+        ``"best"`` or one of :func:`simd_paths`.
+
+    Returns
+    -------
+    str
+        The name of the path now active.
 
     Raises
     ------
@@ -906,11 +939,11 @@ def set_simd(name):
         mfz_select(mfz_best_path())
         return get_simd()
     for p in range(MFZ_NPATHS):
-        if (<bytes>mfz_path_names[p]).decode() == name:
+        if (<bytes>mfz_paths[p].name).decode() == name:
             if mfz_select(p) != 0:
                 raise ValueError(f"SIMD path {name!r} is not supported by this CPU")
             return get_simd()
-    known = ", ".join((<bytes>mfz_path_names[p]).decode() for p in range(MFZ_NPATHS))
+    known = ", ".join((<bytes>mfz_paths[p].name).decode() for p in range(MFZ_NPATHS))
     raise ValueError(f"unknown SIMD path {name!r}; known paths: best, {known}")
 
 

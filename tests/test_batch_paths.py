@@ -14,7 +14,7 @@ import pytest
 from reference_model import ref_partition, ref_zero_page_mask
 
 import multifd_zero as mz
-from multifd_zero import _kernels
+from multifd_zero import _bench_kernels
 
 SHIFTS = (0, 1, 8, 16, 32, 63)
 
@@ -93,10 +93,10 @@ def test_read_all_limit_loop_sees_every_byte(shift: int, length: int) -> None:
     """The benchmark's read-limit loop ORs every byte: a marker anywhere shows."""
     backing = bytearray(shift + length)
     view = memoryview(backing)[shift:]
-    assert _kernels._read_all(view) == 0
+    assert _bench_kernels._read_all(view) == 0
     for pos in range(length):
         backing[shift + pos] = 0x80
-        assert _kernels._read_all(view) != 0, pos
+        assert _bench_kernels._read_all(view) != 0, pos
         backing[shift + pos] = 0
 
 
@@ -104,8 +104,8 @@ def test_read_all_limit_loop_sees_every_byte(shift: int, length: int) -> None:
 def test_zero_all_limit_loop_zeroes_exactly_the_buffer(shift: int) -> None:
     """The write-limit loop zeroes its buffer and not a byte around it; read-only is refused."""
     backing = bytearray(b"\xff" * (shift + 70_000 + 64))
-    _kernels._zero_all(memoryview(backing)[shift : shift + 70_000])
+    _bench_kernels._zero_all(memoryview(backing)[shift : shift + 70_000])
     assert backing[shift : shift + 70_000] == bytes(70_000)
     assert set(backing[:shift]) <= {0xFF} and set(backing[shift + 70_000 :]) == {0xFF}
     with pytest.raises(ValueError, match="read-only"):
-        _kernels._zero_all(bytes(4096))
+        _bench_kernels._zero_all(bytes(4096))

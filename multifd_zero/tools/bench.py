@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .. import _kernels
+from .. import _bench_kernels, _kernels
 from ..guest import make_guest_ram
 
 __all__ = ["BenchRow", "cpu_name", "run_benchmarks"]
@@ -122,7 +122,7 @@ def _batch_row(name: str, zero_share: float, repeats: int, min_time: float) -> B
             "multifd_zero": lambda: _kernels.partition_zero_pages(host, offsets, PAGE),
             "numpy": lambda: _numpy_partition(words, offsets),
             "bytes ==": lambda: _bytes_partition(host, off_list, zero_page),
-            "read limit": lambda: _kernels._read_all(host),
+            "read limit": lambda: _bench_kernels._read_all(host),
         },
         repeats,
         min_time,
@@ -181,7 +181,7 @@ def _add_partition_and_read_limit(
     row.measure(
         {
             "partition": lambda: _kernels.partition_batches(ram, offsets, PAGE),
-            "read limit": lambda: _kernels._read_all(ram),
+            "read limit": lambda: _bench_kernels._read_all(ram),
         },
         repeats,
         min_time,
@@ -333,7 +333,7 @@ def _recv_row(ram: npt.NDArray[np.uint8], repeats: int, min_time: float) -> Benc
                 ram, bitmap, offsets, PAGE, _kernels.ZERO_ALWAYS
             ),
             "numpy": lambda: words.fill(0),
-            "write limit": lambda: _kernels._zero_all(ram),
+            "write limit": lambda: _bench_kernels._zero_all(ram),
         },
         repeats,
         min_time,

@@ -1,0 +1,11 @@
+"""Type stub for ``multifd_zero._bench_kernels``: the benchmark's limit loops."""
+
+from multifd_zero._kernels import _ReadableBuffer, _WritableBuffer
+
+# The OR of every byte, no early exit: the read limit.
+def _read_all(buf: _ReadableBuffer) -> int: ...
+
+# The receiver's streaming stores over the whole buffer: the write limit.
+def _zero_all(buf: _WritableBuffer) -> None: ...
+
+__test__: dict[str, str]

@@ -1,0 +1,86 @@
+# cython: language_level=3
+"""Benchmark-only loops: the read and write limits that ``multifd-zero bench`` reports.
+
+They are no part of the library's API and are kept out of ``_kernels`` so that
+the kernels module holds only what the library runs.
+"""
+
+from cpython.buffer cimport (
+    PyBUF_STRIDES,
+    PyBuffer_IsContiguous,
+    PyBuffer_Release,
+    PyObject_CheckBuffer,
+    PyObject_GetBuffer,
+)
+from libc.stdint cimport uint8_t, uint64_t
+
+from multifd_zero._csrc cimport (
+    MFZ_NPATHS,
+    mfz_path,
+    mfz_paths,
+    mfz_store_fence,
+)
+
+from multifd_zero import _kernels
+
+
+cdef int _get_bytes(object obj, Py_buffer *view, bint writable) except -1:
+    """Acquire ``obj`` as C-contiguous bytes; the caller releases ``view``."""
+    if not PyObject_CheckBuffer(obj):
+        raise TypeError(f"buf must support the buffer protocol, not {type(obj).__name__}")
+    PyObject_GetBuffer(obj, view, PyBUF_STRIDES)
+    if not PyBuffer_IsContiguous(view, b'C') or (writable and view.readonly):
+        PyBuffer_Release(view)
+        raise ValueError(
+            "buf is read-only, but this call writes into it" if writable and view.readonly
+            else "buf must be C-contiguous"
+        )
+    return 0
+
+
+cdef const mfz_path *_active_path() except NULL:
+    """The path ``_kernels`` has active: this module has its own copy of the table."""
+    name = _kernels.get_simd().encode()
+    for p in range(MFZ_NPATHS):
+        if mfz_paths[p].name == name:
+            return &mfz_paths[p]
+    raise RuntimeError(f"_kernels reports an unknown SIMD path {name!r}")
+
+
+def _read_all(buf):
+    """OR every byte of ``buf`` with no early exit: the benchmark's read limit.
+
+    Parameters
+    ----------
+    buf : buffer
+        C-contiguous, any length and alignment; read-only is fine.
+
+    Returns
+    -------
+    int
+        The OR of all the buffer's bytes, gathered in 64-bit words (0 if all zero).
+    """
+    cdef Py_buffer view
+    cdef uint64_t r
+    _get_bytes(buf, &view, False)
+    with nogil:
+        r = mfz_read_all(<const uint8_t *>view.buf, view.len)
+    PyBuffer_Release(&view)
+    return r
+
+
+def _zero_all(buf):
+    """Zero all of ``buf`` with the receiver's stores on the active path: the write limit.
+
+    Parameters
+    ----------
+    buf : buffer
+        C-contiguous and writable.
+    """
+    cdef Py_buffer view
+    cdef const mfz_path *path = _active_path()
+    _get_bytes(buf, &view, True)
+    with nogil:
+        path.zero_page(<uint8_t *>view.buf, view.len)
+        mfz_store_fence()
+    PyBuffer_Release(&view)

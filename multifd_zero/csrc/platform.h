@@ -1,0 +1,73 @@
+/*
+ * What every kernel header needs: fixed-width loads, pointer alignment, the
+ * prefetch hint, forced inlining and the x86-64 run-time dispatch switches.
+ *
+ * The module is compiled for the platform baseline; the wider x86-64 paths
+ * are compiled per function with target attributes and chosen at run time
+ * (dispatch.h), so one wheel runs on any x86-64 CPU.
+ */
+#ifndef MFZ_PLATFORM_H
+#define MFZ_PLATFORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define MFZ_X86_DISPATCH 1
+#include <immintrin.h>
+#else
+#define MFZ_X86_DISPATCH 0
+#endif
+
+#if defined(_MSC_VER)
+#include <intrin.h>
+#endif
+
+/* SSE2 is the x86-64 baseline: its paths need no target attribute. */
+#if MFZ_X86_DISPATCH || (defined(_MSC_VER) && defined(_M_X64))
+#define MFZ_HAVE_SSE2 1
+#else
+#define MFZ_HAVE_SSE2 0
+#endif
+
+#if defined(__GNUC__)
+#define MFZ_ALWAYS_INLINE inline __attribute__((always_inline))
+#define MFZ_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#elif defined(_MSC_VER)
+#define MFZ_ALWAYS_INLINE __forceinline
+#define MFZ_PREFETCH(p) ((void)(p))
+#else
+#define MFZ_ALWAYS_INLINE inline
+#define MFZ_PREFETCH(p) ((void)(p))
+#endif
+
+#if MFZ_X86_DISPATCH
+#define MFZ_TARGET(isa) __attribute__((target(isa)))
+#endif
+
+static inline uint64_t mfz_load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint32_t mfz_load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline const uint8_t *mfz_align_down(const uint8_t *p, uintptr_t a)
+{
+    return (const uint8_t *)((uintptr_t)p & ~(a - 1));
+}
+
+static inline const uint8_t *mfz_align_up(const uint8_t *p, uintptr_t a)
+{
+    return mfz_align_down(p + a - 1, a);
+}
+
+#endif /* MFZ_PLATFORM_H */
