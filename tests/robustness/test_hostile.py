@@ -57,8 +57,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference_model import ref_is_zero, ref_partition
-from reliability_support import CHECKOUT, check_child
+from support.qemu_model import ref_is_zero, ref_partition
+from support.receivers import CHECKOUT, check_child
 
 import multifd_zero as mz
 from multifd_zero import _kernels
@@ -1034,7 +1034,7 @@ SCALE = {"decode_packet": 5, "check_header": 3, "decode_init": 3, "RamStreamRead
 
 def child_fuzz(name: str, max_examples: int) -> dict[str, Any]:
     """In a child process: run target ``name``'s property; return the outcome counts."""
-    from reliability_support import child_uses_installed_package
+    from support.receivers import child_uses_installed_package
 
     where = child_uses_installed_package()
     outcomes: Counter[str] = Counter()
@@ -1073,7 +1073,7 @@ def _examples(name: str) -> int:
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_hostile_input(name: str) -> None:
     """Only TypeError/ValueError, inputs unchanged after an error, no crash (child process)."""
-    result = check_child("child_fuzz", name, _examples(name), module="test_hostile")
+    result = check_child("child_fuzz", name, _examples(name), module="robustness.test_hostile")
     print(f"\n{name}: {result['examples']} examples, {result['outcomes']}")
     assert result["examples"] >= 1
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import build_host, page_specs
+from support.builders import build_host, page_specs
 from hypothesis import given
 from hypothesis import strategies as st
-from reference_model import (
+from support.qemu_model import (
     LEGACY,
     MODES,
     RefDestination,

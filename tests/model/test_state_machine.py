@@ -23,10 +23,10 @@ Detection is ``multifd``, ``legacy`` or ``none``; ``postcopy-ram`` and
 ``release-ram`` are on or off; page size 1 or 4 KiB; 1 to 130 pages (three
 64-bit words of receivedmap); 1 to 4 channels.
 
-The destination starts as *sentinel* pages (see ``reliability_support``): a
+The destination starts as *sentinel* pages (see ``support.receivers``): a
 page still holding its sentinel was never written by the receiver, and reads
 as zero, like an unpopulated page of fresh anonymous memory. The model
-(``tests/reference_model.py``) runs on sentinel memory too, so the two must
+(``tests/support/qemu_model.py``) runs on sentinel memory too, so the two must
 agree byte for byte.
 
 Invariants, checked after every step (each failure names its tag):
@@ -106,7 +106,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from reference_model import (
+from support.qemu_model import (
     LEGACY,
     MULTIFD,
     NONE,
@@ -116,7 +116,7 @@ from reference_model import (
     ref_save_zero_pages,
     ref_send_zero_page_detect,
 )
-from reliability_support import (
+from support.receivers import (
     PackageReceiver,
     Packet,
     SkipPostcopyWriteReceiver,

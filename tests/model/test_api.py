@@ -7,7 +7,7 @@ from importlib import metadata
 
 import numpy as np
 import pytest
-from reference_model import ref_page_count
+from support.qemu_model import ref_page_count
 
 import multifd_zero as mz
 

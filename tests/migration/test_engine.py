@@ -1,6 +1,6 @@
 """The migration engine: mode x postcopy x channels x transport, dirty rounds, bad input.
 
-Expectations come from the reference model (``tests/reference_model.py``):
+Expectations come from the reference model (``tests/support/qemu_model.py``):
 each round's pages are applied to a :class:`RefDestination` in QEMU's order,
 so the destination memory, its receivedmap, the zero pages written and the
 query-migrate counters must all match. Byte counters are checked exactly
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from reference_model import RefDestination
+from support.qemu_model import RefDestination
 
 import multifd_zero as mz
 from multifd_zero import guest, stats, wire

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import LIBC, ctypes_address, resident
+from support.builders import LIBC, ctypes_address, resident
 
 import multifd_zero as mz
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference_model import ref_partition, ref_zero_page_mask
+from support.qemu_model import ref_partition, ref_zero_page_mask
 
 import multifd_zero as mz
 from multifd_zero import _bench_kernels

@@ -6,9 +6,9 @@ worthless; these checks tie it to the documented behaviour independently.
 
 from __future__ import annotations
 
-from helpers import Batch, batches
+from support.builders import Batch, batches
 from hypothesis import given
-from reference_model import (
+from support.qemu_model import (
     RefDestination,
     RefStats,
     ref_is_zero,

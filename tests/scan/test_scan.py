@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reference_model import ref_page_is_zero
+from support.qemu_model import ref_page_is_zero
 
 import multifd_zero
 from multifd_zero.tools import scan as scan_mod

@@ -1,5 +1,4 @@
-"""Support for the reliability suite (issue 5): sentinel destinations, receiver
-variants for the state machine, child processes and memory figures.
+"""Sentinel destinations, receiver variants for the state machine, child processes, memory.
 
 Pieces:
 
@@ -61,7 +60,7 @@ import numpy as np
 import multifd_zero as mz
 from multifd_zero import _kernels
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parent.parent
 CHECKOUT = TESTS_DIR.parent
 SENTINEL_BYTE = 0xA5
 
@@ -233,7 +232,7 @@ print("\\n@@RESULT@@" + json.dumps(_r))
 def run_child(
     function: str,
     *args: Any,
-    module: str = "reliability_support",
+    module: str = "support.receivers",
     timeout: float = 600,
     env: dict[str, str] | None = None,
 ) -> ChildResult:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from reference_model import RefStats, ref_partition, ref_send_zero_page_detect
-from reliability_support import check_child
+from support.qemu_model import RefStats, ref_partition, ref_send_zero_page_detect
+from support.receivers import check_child
 
 import multifd_zero as mz
 from multifd_zero import _kernels
@@ -454,7 +454,7 @@ def child_close_or_resize_while_held() -> dict[str, Any]:
 
 def test_host_closed_or_resized_while_a_kernel_holds_it() -> None:
     """Close/resize under a running kernel is an error (BufferError/ValueError), never a crash."""
-    report = check_child("child_close_or_resize_while_held", module="test_big_memory")
+    report = check_child("child_close_or_resize_while_held", module="robustness.test_big_memory")
     print("\n" + "\n".join(f"{k}: {v}" for k, v in report.items()))
     expected = {
         "mmap.close": "BufferError",

@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import aligned_bytearray, bitmap_bools, resident
+from support.builders import aligned_bytearray, bitmap_bools, resident
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_model import RefDestination
+from support.qemu_model import RefDestination
 
 import multifd_zero as mz
 

@@ -1,7 +1,7 @@
 """The wire format: QEMU's multifd RAM packet, the channel handshake and the main-stream records.
 
-The encoder is checked byte by byte against the offsets of the layout table in
-``shared/reference/qemu-multifd.md`` §1.5 (read back with ``struct``, not with
+The encoder is checked byte by byte against the field offsets of QEMU's
+``MultiFDPacket_t`` (``migration/multifd.h``; read back with ``struct``, not with
 the decoder), every field round-trips through the decoder, and every kind of
 bad packet raises its :class:`~multifd_zero.wire.PacketError` subclass.
 """

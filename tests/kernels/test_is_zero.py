@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers import aligned_bytearray
+from support.builders import aligned_bytearray
 from hypothesis import given
 from hypothesis import strategies as st
-from reference_model import ref_is_zero
+from support.qemu_model import ref_is_zero
 
 import multifd_zero as mz
 
