@@ -65,13 +65,15 @@ def check_sdist(path: str) -> None:
         "multifd_zero/csrc/read_limit.h",
         "multifd_zero/py.typed",
         "tests/conftest.py",
+        "tests/README.md",
+        "tests/support/qemu_model.py",
         "docs/conf.py",
         "docs/index.rst",
     ]
     missing = [f for f in required if f not in files]
     _require(not missing, f"sdist lacks {missing}")
-    tests = sorted(f for f in files if re.fullmatch(r"tests/test_[^/]*\.py", f))
-    _require(bool(tests), "sdist holds no tests/test_*.py")
+    tests = sorted(f for f in files if re.fullmatch(r"tests/[a-z_]+/test_[^/]*\.py", f))
+    _require(bool(tests), "sdist holds no tests/LAYER/test_*.py")
     unwanted = sorted(
         f for f in files if f.endswith((".so", ".pyd", ".pyc", ".o")) or f.endswith("_kernels.c")
     )

@@ -28,7 +28,7 @@ Run it::
 (``-atheris_runs=N`` stops after N inputs instead.) A seed corpus of valid
 packets, handshakes and streams is generated into the first corpus directory
 given (``--seeds-only DIR`` writes the seeds and exits).
-``tests/test_hostile.py::test_atheris_decoder_fuzz`` runs it in CI for 30
+``tests/robustness/test_hostile.py::test_atheris_decoder_fuzz`` runs it in CI for 30
 seconds (``MULTIFD_ZERO_FUZZ_SECONDS``).
 """
 

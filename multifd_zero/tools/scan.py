@@ -24,7 +24,7 @@ its length is rounded up to whole pages (``HOST_PAGE_ALIGN``) and the padding
 reads as zero. QEMU 7.2 refuses a ``memory-backend-file`` whose file is shorter
 than the rounded size, so to migrate such an image it must first be extended
 to the page boundary (``truncate -s %4K``), which adds exactly those zeros;
-``tests/test_qemu_peer.py`` checks that the counts of the unpadded image equal
+``tests/migration/test_qemu_peer.py`` checks that the counts of the unpadded image equal
 QEMU's counts for the padded one.
 
 What goes on the wire
@@ -65,7 +65,7 @@ scan sees one snapshot).
 
 QEMU before 9.0 has no ``zero-page-detection`` parameter and always detects on
 the main thread, so its multifd migrations are the ``legacy`` case.
-``tests/test_qemu_peer.py`` migrates an image with QEMU 7.2 and finds its
+``tests/migration/test_qemu_peer.py`` migrates an image with QEMU 7.2 and finds its
 ``duplicate`` and ``normal`` equal to the scan's counts, and its
 ``transferred`` equal to the ``precopy`` and ``legacy`` figures plus exactly
 the overheads above (and, with multifd, pages that QEMU 7.2 sends twice

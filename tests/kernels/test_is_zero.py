@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
-from support.builders import aligned_bytearray
 from hypothesis import given
 from hypothesis import strategies as st
+from support.builders import aligned_bytearray
 from support.qemu_model import ref_is_zero
 
 import multifd_zero as mz

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.builders import PAGE_SIZES, batches, build_host, page_specs, u64
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.builders import PAGE_SIZES, batches, build_host, page_specs, u64
 from support.qemu_model import ref_page_is_zero, ref_zero_page_mask
 
 import multifd_zero as mz

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.builders import PAGE_SIZES, Batch, batches, build_host, page_specs, u64
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.builders import PAGE_SIZES, Batch, batches, build_host, page_specs, u64
 from support.qemu_model import (
     LEGACY,
     MODES,

@@ -6,8 +6,8 @@ worthless; these checks tie it to the documented behaviour independently.
 
 from __future__ import annotations
 
-from support.builders import Batch, batches
 from hypothesis import given
+from support.builders import Batch, batches
 from support.qemu_model import (
     RefDestination,
     RefStats,

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from support.builders import aligned_bytearray, bitmap_bools, resident
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.builders import aligned_bytearray, bitmap_bools, resident
 from support.qemu_model import RefDestination
 
 import multifd_zero as mz

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.builders import build_host, page_specs
 from hypothesis import given
 from hypothesis import strategies as st
+from support.builders import build_host, page_specs
 from support.qemu_model import (
     LEGACY,
     MODES,

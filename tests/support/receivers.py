@@ -19,8 +19,8 @@ Pieces:
 
 The reliability suite and its budget
 ------------------------------------
-``test_state_machine.py``, ``test_concurrency.py``, ``test_hostile.py`` (with
-``fuzz/fuzz_decoder.py``), ``test_big_memory.py`` and ``test_sparse.py``.
+``model/test_state_machine.py``, ``model/test_sparse.py`` and ``robustness/``
+(threads, big memory, and hostile input with ``fuzz/fuzz_decoder.py``).
 With the default ``ci`` hypothesis profile they take about two minutes on two
 cores, half of it the 30-second atheris run:
 
@@ -37,8 +37,8 @@ threads, big memory, sparse        fixed sizes (no hypothesis)      the same
 
 ``MULTIFD_ZERO_FUZZ_SECONDS`` overrides the atheris time. A release check is::
 
-    HYPOTHESIS_PROFILE=release pytest tests/test_state_machine.py tests/test_hostile.py \
-        tests/test_concurrency.py tests/test_big_memory.py tests/test_sparse.py
+    HYPOTHESIS_PROFILE=release pytest tests/model/test_state_machine.py tests/robustness \
+        tests/model/test_sparse.py
 
 (about 15 to 20 minutes on two cores, most of it the state machine and the
 5-minute atheris run). No test here asserts anything about time.
