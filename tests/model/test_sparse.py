@@ -42,6 +42,8 @@ SIZE = 256 * MiB
 NOISE = 4 * MiB  # allocator and interpreter noise allowed in "unchanged"
 HOST_PAGE = mmap.PAGESIZE
 
+_MODULE = "model.test_sparse"  # where a child interpreter finds the functions below
+
 
 def _mapping(kind: str, size: int = SIZE) -> mmap.mmap:
     if kind == "shared":
@@ -107,7 +109,7 @@ def _fmt(r: dict[str, Any]) -> str:
 @pytest.mark.parametrize("page_size", [4096, 64 * 1024, 2 * MiB])
 def test_precopy_zero_pages_leave_fresh_memory_unpopulated(kind: str, page_size: int) -> None:
     """256 MiB of first-arrival zero pages: resident memory unchanged, nothing written."""
-    r = check_child("child_destination", kind, "multifd-precopy", page_size, module="model.test_sparse")
+    r = check_child("child_destination", kind, "multifd-precopy", page_size, module=_MODULE)
     print("\n" + _fmt(r))
     assert r["written"] == 0 and r["received"] == r["pages"]
     assert abs(r["delta"]) <= NOISE, _fmt(r)
@@ -117,7 +119,7 @@ def test_precopy_zero_pages_leave_fresh_memory_unpopulated(kind: str, page_size:
 @pytest.mark.parametrize("kind", ["shared", "private"])
 def test_postcopy_zero_pages_are_populated(kind: str) -> None:
     """With postcopy-ram the same 256 MiB of zero pages are written: all resident."""
-    r = check_child("child_destination", kind, "multifd-postcopy", 4096, module="model.test_sparse")
+    r = check_child("child_destination", kind, "multifd-postcopy", 4096, module=_MODULE)
     print("\n" + _fmt(r))
     assert r["written"] == r["pages"] == r["received"]
     assert r["delta"] >= SIZE - NOISE, _fmt(r)
@@ -128,7 +130,7 @@ def test_postcopy_zero_pages_are_populated(kind: str) -> None:
 def test_repeat_zero_arrival_is_written(kind: str) -> None:
     """A zero page received twice in precopy is zeroed the second time: it gets populated."""
     r = check_child(
-        "child_destination", kind, "multifd-precopy-twice", 4096, module="model.test_sparse"
+        "child_destination", kind, "multifd-precopy-twice", 4096, module=_MODULE
     )
     print("\n" + _fmt(r))
     assert r["written"] == r["pages"]
@@ -144,7 +146,7 @@ def test_legacy_zero_records_read_but_do_not_write(kind: str) -> None:
     ``MAP_SHARED`` destination does grow: QEMU's ``ram_handle_zero`` has the
     same cost, which is why multifd's receiver does not read.
     """
-    r = check_child("child_destination", kind, "legacy", 4096, module="model.test_sparse")
+    r = check_child("child_destination", kind, "legacy", 4096, module=_MODULE)
     print("\n" + _fmt(r))
     assert r["written"] == 0 and r["received"] == r["pages"]
     if kind == "private":
@@ -210,7 +212,7 @@ def child_source_release(
 @pytest.mark.parametrize("page_size", [4096, 2 * MiB])
 def test_release_ram_in_postcopy_returns_memory(kind: str, how: str, page_size: int) -> None:
     """release-ram + postcopy: resident memory falls by the zero pages' 192 MiB."""
-    r = check_child("child_source_release", kind, how, page_size, True, module="model.test_sparse")
+    r = check_child("child_source_release", kind, how, page_size, True, module=_MODULE)
     print("\n" + _fmt(r))
     zero_bytes = r["zero_pages"] * page_size
     assert zero_bytes == SIZE * 3 // 4
@@ -224,7 +226,7 @@ def test_no_release_outside_postcopy_or_below_the_host_page(
 ) -> None:
     """Outside postcopy nothing is released; 1 KiB pages cannot be discarded (QEMU's check)."""
     r = check_child(
-        "child_source_release", "shared", "multifd", page_size, in_postcopy, module="model.test_sparse"
+        "child_source_release", "shared", "multifd", page_size, in_postcopy, module=_MODULE
     )
     print("\n" + _fmt(r))
     assert r["intact"]
