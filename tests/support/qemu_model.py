@@ -2,9 +2,10 @@
 
 Written from the behaviour of QEMU's ``migration/multifd-zero-page.c``,
 ``migration/ram.c`` and ``util/bufferiszero.c``, not from their code.
-Everything here works on plain Python objects (``bytes``/``bytearray`` memory, lists of offsets, a list of bools for the receivedmap) and walks the
-same steps, in the same order, as QEMU does, so that the package can be
-compared with it element for element.
+Everything here works on plain Python objects (``bytes``/``bytearray`` memory,
+lists of offsets, a list of bools for the receivedmap) and walks the same steps,
+in the same order, as QEMU does, so that the package can be compared with it
+element for element.
 
 Sections:
 
