@@ -49,19 +49,29 @@ def zero_page_mask(
 
 # The source side.
 def partition_zero_pages(
-    host: _ReadableBuffer, offsets: _U64Array, page_size: SupportsIndex = 4096
+    host: _ReadableBuffer,
+    offsets: _U64Array,
+    page_size: SupportsIndex = 4096,
+    name: str = "offsets",
 ) -> int: ...
 def partition_batches(
-    host: _ReadableBuffer, offsets: _U64Array, page_size: SupportsIndex = 4096
+    host: _ReadableBuffer,
+    offsets: _U64Array,
+    page_size: SupportsIndex = 4096,
+    name: str = "offsets",
 ) -> npt.NDArray[np.int64]: ...
 def scan_zero_pages(
-    host: _ReadableBuffer, offsets: _U64Array, page_size: SupportsIndex = 4096
+    host: _ReadableBuffer,
+    offsets: _U64Array,
+    page_size: SupportsIndex = 4096,
+    name: str = "offsets",
 ) -> npt.NDArray[np.bool_]: ...
 def gather_pages(
     host: _ReadableBuffer,
     offsets: _U64Array,
     out: _WritableBuffer,
     page_size: SupportsIndex = 4096,
+    name: str = "offsets",
 ) -> int: ...
 
 # The destination side.
@@ -71,6 +81,7 @@ def recv_zero_pages(
     offsets: _U64Array,
     page_size: SupportsIndex = 4096,
     mode: SupportsIndex = 0,
+    name: str = "offsets",
 ) -> int: ...
 def recv_normal_pages(
     host: _WritableBuffer,
@@ -78,6 +89,7 @@ def recv_normal_pages(
     offsets: _U64Array,
     data: _ReadableBuffer,
     page_size: SupportsIndex = 4096,
+    name: str = "offsets",
 ) -> int: ...
 
 # receivedmap bits.

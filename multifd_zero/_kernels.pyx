@@ -232,7 +232,7 @@ cdef int _check_offsets(
 
 
 cdef uint64_t *_copy_offsets(
-    _Call *c, const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size
+    _Call *c, const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size, str name
 ) except NULL:
     """Copy and check every offset into the call's work array; the copy is what the kernels use.
 
@@ -247,7 +247,7 @@ cdef uint64_t *_copy_offsets(
         if c.work == NULL:
             raise MemoryError()
     memcpy(c.work, offs.buf, n * 8)
-    _check_offsets(c.work, n, host_len, page_size, "offsets")
+    _check_offsets(c.work, n, host_len, page_size, name)
     return c.work
 
 
@@ -432,7 +432,7 @@ def zero_page_mask(buf, page_size=4096):
 
 # ------------------------------------------------------------ the source side
 
-def partition_zero_pages(host, offsets, page_size=4096):
+def partition_zero_pages(host, offsets, page_size=4096, name="offsets"):
     """Move normal pages left and zero pages right, exactly as QEMU does.
 
     This is the two-pointer pass of QEMU's ``multifd_send_zero_page_detect``:
@@ -451,6 +451,8 @@ def partition_zero_pages(host, offsets, page_size=4096):
         multiple of ``page_size`` with the whole page inside ``host``.
         Reordered in place.
     page_size : int, default 4096
+    name : str, default "offsets"
+        The argument\'s name in error messages.
         A power of two from 1 KiB to 2 MiB.
 
     Returns
@@ -479,9 +481,9 @@ def partition_zero_pages(host, offsets, page_size=4096):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64 | _WRITE, "offsets")
+        ov = _acquire(&c, offsets, _U64 | _WRITE, name)
         n = ov.len // 8
-        work = _copy_offsets(&c, ov, hv.len, ps)
+        work = _copy_offsets(&c, ov, hv.len, ps, name)
         zero = _page_flags(&c, n)
         with nogil:
             normal = _partition(path, <const uint8_t *>hv.buf, ps, work, zero, n)
@@ -491,7 +493,7 @@ def partition_zero_pages(host, offsets, page_size=4096):
     return normal
 
 
-def partition_batches(host, offsets, page_size=4096):
+def partition_batches(host, offsets, page_size=4096, name="offsets"):
     """Run :func:`partition_zero_pages` on every row of a 2-D offsets array.
 
     One call for many batches of the same block (say, the packets a channel
@@ -506,6 +508,8 @@ def partition_batches(host, offsets, page_size=4096):
         offset page-aligned with its page inside ``host``. Each row is
         reordered in place exactly as :func:`partition_zero_pages` would.
     page_size : int, default 4096
+    name : str, default "offsets"
+        The argument\'s name in error messages.
 
     Returns
     -------
@@ -533,10 +537,10 @@ def partition_batches(host, offsets, page_size=4096):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64_2D | _WRITE, "offsets")
+        ov = _acquire(&c, offsets, _U64_2D | _WRITE, name)
         rows = ov.shape[0]
         cols = ov.shape[1]
-        work = _copy_offsets(&c, ov, hv.len, ps)
+        work = _copy_offsets(&c, ov, hv.len, ps, name)
         zero = _page_flags(&c, cols)
         normals = np.empty(rows, dtype=np.int64)
         out = <int64_t *>_array_data(normals)
@@ -585,7 +589,7 @@ cdef Py_ssize_t _partition(
     return i
 
 
-def scan_zero_pages(host, offsets, page_size=4096):
+def scan_zero_pages(host, offsets, page_size=4096, name="offsets"):
     """Return one bool per offset: True where that page of ``host`` is all zero.
 
     The check that legacy detection (QEMU's ``save_zero_page``) runs per page,
@@ -598,6 +602,8 @@ def scan_zero_pages(host, offsets, page_size=4096):
     offsets : numpy.ndarray
         Contiguous 1-D ``uint64`` byte offsets, page-aligned and inside ``host``.
     page_size : int, default 4096
+    name : str, default "offsets"
+        The argument\'s name in error messages.
 
     Returns
     -------
@@ -615,9 +621,9 @@ def scan_zero_pages(host, offsets, page_size=4096):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64, "offsets")
+        ov = _acquire(&c, offsets, _U64, name)
         n = ov.len // 8
-        work = _copy_offsets(&c, ov, hv.len, ps)
+        work = _copy_offsets(&c, ov, hv.len, ps, name)
         mask = np.empty(n, dtype=_BOOL)
         out = _array_data(mask)
         with nogil:
@@ -629,7 +635,9 @@ def scan_zero_pages(host, offsets, page_size=4096):
 
 # ------------------------------------------------------- the destination side
 
-def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_RECEIVED):
+def recv_zero_pages(
+    host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_RECEIVED, name="offsets"
+):
     """Apply a batch of zero pages to the destination and mark them received.
 
     For each offset, in order (QEMU's ``multifd_recv_zero_page_process``):
@@ -648,6 +656,8 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
     offsets : numpy.ndarray
         Contiguous 1-D ``uint64`` byte offsets, page-aligned and inside ``host``.
     page_size : int, default 4096
+    name : str, default "offsets"
+        The argument\'s name in error messages.
     mode : int
         ``ZERO_IF_RECEIVED`` (multifd precopy), ``ZERO_ALWAYS`` (postcopy-ram)
         or ``ZERO_IF_NONZERO`` (the legacy stream's ``ram_handle_zero``).
@@ -680,9 +690,9 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
         hv = _acquire(&c, host, _READ | _WRITE, "host")
         mv = _acquire(&c, receivedmap, _U64 | _WRITE, "receivedmap")
         _check_bitmap(mv, hv.len, ps)
-        ov = _acquire(&c, offsets, _U64, "offsets")
+        ov = _acquire(&c, offsets, _U64, name)
         n = ov.len // 8
-        work = _copy_offsets(&c, ov, hv.len, ps)
+        work = _copy_offsets(&c, ov, hv.len, ps, name)
         base = <uint8_t *>hv.buf
         words = <uint64_t *>mv.buf
         with nogil:
@@ -711,7 +721,7 @@ def recv_zero_pages(host, receivedmap, offsets, page_size=4096, mode=ZERO_IF_REC
     return written
 
 
-def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096):
+def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096, name="offsets"):
     """Write normal pages into the destination and mark them received.
 
     Page ``k`` of ``data`` goes to ``host[offsets[k]:offsets[k] + page_size]``;
@@ -729,6 +739,8 @@ def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096):
     data : buffer
         C-contiguous, exactly ``len(offsets) * page_size`` bytes.
     page_size : int, default 4096
+    name : str, default "offsets"
+        The argument\'s name in error messages.
 
     Returns
     -------
@@ -752,14 +764,14 @@ def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096):
         hv = _acquire(&c, host, _READ | _WRITE, "host")
         mv = _acquire(&c, receivedmap, _U64 | _WRITE, "receivedmap")
         _check_bitmap(mv, hv.len, ps)
-        ov = _acquire(&c, offsets, _U64, "offsets")
+        ov = _acquire(&c, offsets, _U64, name)
         dv = _acquire(&c, data, _READ, "data")
         n = ov.len // 8
+        work = _copy_offsets(&c, ov, hv.len, ps, name)
         if dv.len != n * ps:
             raise ValueError(
                 f"data holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
             )
-        work = _copy_offsets(&c, ov, hv.len, ps)
         base = <uint8_t *>hv.buf
         src = <const uint8_t *>dv.buf
         words = <uint64_t *>mv.buf
@@ -772,7 +784,7 @@ def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096):
     return n
 
 
-def gather_pages(host, offsets, out, page_size=4096):
+def gather_pages(host, offsets, out, page_size=4096, name="offsets"):
     """Copy the pages at ``offsets`` of ``host``, in order, into ``out``.
 
     The sender's half of a normal-page transfer (QEMU's iovec of normal pages).
@@ -786,6 +798,8 @@ def gather_pages(host, offsets, out, page_size=4096):
     out : buffer
         Writable, C-contiguous, exactly ``len(offsets) * page_size`` bytes.
     page_size : int, default 4096
+    name : str, default "offsets"
+        The argument\'s name in error messages.
 
     Returns
     -------
@@ -804,14 +818,14 @@ def gather_pages(host, offsets, out, page_size=4096):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64, "offsets")
+        ov = _acquire(&c, offsets, _U64, name)
         dv = _acquire(&c, out, _READ | _WRITE, "out")
         n = ov.len // 8
         if dv.len != n * ps:
             raise ValueError(
                 f"out holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
             )
-        work = _copy_offsets(&c, ov, hv.len, ps)
+        work = _copy_offsets(&c, ov, hv.len, ps, name)
         base = <const uint8_t *>hv.buf
         dst = <uint8_t *>dv.buf
         with nogil:

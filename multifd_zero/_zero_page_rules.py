@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._checks import OffsetArray, as_offsets, check_offsets
+from ._checks import OffsetArray, as_offsets, check_bool, check_offsets, check_type
 from .options import MigrationOptions
 from .ramblock import RAMBlock
 from .stats import MigrationStats
 
 
 def check_common(options: object, stats: object, in_postcopy: object) -> None:
-    if not isinstance(options, MigrationOptions):
-        raise TypeError(f"options must be a MigrationOptions, not {type(options).__name__}")
-    if not isinstance(stats, MigrationStats):
-        raise TypeError(f"stats must be a MigrationStats, not {type(stats).__name__}")
-    if not isinstance(in_postcopy, bool):
-        raise TypeError(f"in_postcopy must be a bool, not {type(in_postcopy).__name__}")
+    """The arguments every source-side call takes."""
+    check_type("options", options, MigrationOptions)
+    check_type("stats", stats, MigrationStats)
+    check_bool("in_postcopy", in_postcopy)
 
 
 def releases(options: MigrationOptions, in_postcopy: bool) -> bool:
@@ -25,10 +23,17 @@ def releases(options: MigrationOptions, in_postcopy: bool) -> bool:
     return options.release_ram and in_postcopy
 
 
-def checked_offsets(block: object, offsets: Any, name: str) -> OffsetArray:
-    if not isinstance(block, RAMBlock):
-        raise TypeError(f"block must be a RAMBlock, not {type(block).__name__}")
+def destination_offsets(block: object, offsets: Any, name: str) -> OffsetArray:
+    """A writable destination block and its offsets as ``uint64``, inside ``used_length``.
+
+    This is the block's rule (a page lies inside QEMU's ``used_length``),
+    checked here where the offsets enter. The receive kernel then checks its
+    private copy against the buffer it is given: a guard that keeps C inside
+    the buffer however the host may have been resized since.
+    """
+    check_type("block", block, RAMBlock)
+    assert isinstance(block, RAMBlock)
     block.check_writable()
-    offs = as_offsets(offsets, name)
+    offs = as_offsets(offsets, name, copy=False)
     check_offsets(offs, block.used_length, block.page_size, name)
     return offs

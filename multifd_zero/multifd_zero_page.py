@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _kernels
-from ._zero_page_rules import check_common, checked_offsets, releases
+from ._checks import check_type
+from ._zero_page_rules import check_common, destination_offsets, releases
 from .options import MigrationOptions, ZeroPageDetection
 from .pages import MultiFDPages
 from .ramblock import RAMBlock
@@ -82,8 +83,7 @@ def send_zero_page_detect(
     >>> pages.normal.tolist(), pages.zero.tolist(), stats
     ([4096], [0], MigrationStats(normal_pages=1, zero_pages=1))
     """
-    if not isinstance(pages, MultiFDPages):
-        raise TypeError(f"pages must be a MultiFDPages, not {type(pages).__name__}")
+    check_type("pages", pages, MultiFDPages)
     check_common(options, stats, in_postcopy)
     block = pages.block
     if options.zero_page_detection is ZeroPageDetection.MULTIFD:
@@ -136,12 +136,13 @@ def recv_zero_page_process(
         Bad arguments, a read-only block, or an offset out of range or
         misaligned; raised before any page or bit changes.
     """
-    if not isinstance(options, MigrationOptions):
-        raise TypeError(f"options must be a MigrationOptions, not {type(options).__name__}")
-    offs = checked_offsets(block, zero_offsets, "zero_offsets")
+    check_type("options", options, MigrationOptions)
+    offs = destination_offsets(block, zero_offsets, "zero_offsets")
     mode = _kernels.ZERO_ALWAYS if options.postcopy_ram else _kernels.ZERO_IF_RECEIVED
     return int(
-        _kernels.recv_zero_pages(block.host, block.receivedmap.bitmap, offs, block.page_size, mode)
+        _kernels.recv_zero_pages(
+            block.host, block.receivedmap.bitmap, offs, block.page_size, mode, "zero_offsets"
+        )
     )
 
 
@@ -165,7 +166,7 @@ def recv_normal_pages(block: RAMBlock, offsets: Any, data: Any) -> int:
     int
         Pages written.
     """
-    offs = checked_offsets(block, offsets, "offsets")
+    offs = destination_offsets(block, offsets, "offsets")
     return int(
         _kernels.recv_normal_pages(
             block.host, block.receivedmap.bitmap, offs, data, block.page_size

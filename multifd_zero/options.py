@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ._checks import check_bool
+
 __all__ = ["MigrationOptions", "ZeroPageDetection"]
 
 
@@ -79,5 +81,4 @@ class MigrationOptions:
             ) from None
         object.__setattr__(self, "zero_page_detection", mode)
         for name in ("postcopy_ram", "release_ram"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, not {type(getattr(self, name)).__name__}")
+            check_bool(name, getattr(self, name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _kernels
-from ._checks import OffsetArray, as_offsets, check_offsets
+from ._checks import OffsetArray, as_offsets, check_int, check_offsets
 from .ramblock import RAMBlock
 
 __all__ = ["MULTIFD_PACKET_SIZE", "MultiFDPages", "multifd_ram_page_count"]
@@ -60,10 +60,7 @@ class MultiFDPages:
         if not isinstance(block, RAMBlock):
             raise TypeError(f"block must be a RAMBlock, not {type(block).__name__}")
         capacity = multifd_ram_page_count(block.page_size) if page_count is None else page_count
-        if isinstance(capacity, bool) or not isinstance(capacity, int):
-            raise TypeError(f"page_count must be an int, not {type(capacity).__name__}")
-        if capacity < 1:
-            raise ValueError(f"page_count must be at least 1, got {capacity}")
+        capacity = check_int("page_count", capacity, 1)
         offs = as_offsets(offsets)
         if offs.size > capacity:
             raise ValueError(f"{offs.size} offsets do not fit a batch of page_count={capacity}")

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from . import _kernels
-from ._checks import OffsetArray, as_offsets, check_offsets
-from ._zero_page_rules import check_common, checked_offsets, releases
+from ._checks import OffsetArray, as_offsets, check_offsets, check_type
+from ._zero_page_rules import check_common, destination_offsets, releases
 from .options import MigrationOptions, ZeroPageDetection
 from .ramblock import RAMBlock
 from .stats import MigrationStats
@@ -57,12 +57,12 @@ def save_zero_pages(
         ``uint64`` offsets of the pages to queue to multifd and of the zero
         pages, each in the input order.
     """
-    if not isinstance(block, RAMBlock):
-        raise TypeError(f"block must be a RAMBlock, not {type(block).__name__}")
+    check_type("block", block, RAMBlock)
     check_common(options, stats, in_postcopy)
     offs = as_offsets(offsets)
-    check_offsets(offs, block.used_length, block.page_size)
     if options.zero_page_detection is not ZeroPageDetection.LEGACY:
+        # Nothing scans them here, so nothing else would check them.
+        check_offsets(offs, block.used_length, block.page_size)
         return offs, np.zeros(0, dtype=np.uint64)
     mask = _kernels.scan_zero_pages(block.host, offs, block.page_size)
     zero = offs[mask]
@@ -83,7 +83,7 @@ def recv_legacy_zero_pages(block: RAMBlock, offsets: Any) -> int:
     int
         Pages written with zeros.
     """
-    offs = checked_offsets(block, offsets, "offsets")
+    offs = destination_offsets(block, offsets, "offsets")
     return int(
         _kernels.recv_zero_pages(
             block.host,

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
-from ._checks import OffsetArray, as_offsets, check_offsets
+from ._checks import OffsetArray, as_offsets, check_int, check_offsets
 
 __all__ = ["RAMBlock", "ReceivedMap"]
 
@@ -48,16 +48,7 @@ class ReceivedMap:
     def __init__(self, num_pages: int, page_size: int) -> None:
         self._page_size = _kernels.check_page_size(page_size)
         self._shift = self._page_size.bit_length() - 1
-        if isinstance(num_pages, bool):
-            raise TypeError("num_pages must be an int, not bool")
-        try:
-            self._num_pages = operator.index(num_pages)
-        except TypeError:
-            raise TypeError(
-                f"num_pages must be an int, not {type(num_pages).__name__}"
-            ) from None
-        if self._num_pages < 0:
-            raise ValueError(f"num_pages must not be negative, got {num_pages}")
+        self._num_pages = check_int("num_pages", num_pages, 0)
         if self._num_pages * self._page_size > sys.maxsize:
             raise ValueError(
                 f"num_pages {self._num_pages} of {self._page_size} bytes is more memory "

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import operator
 import threading
-from typing import SupportsIndex, cast, overload
+from typing import overload
+
+from ._checks import check_int
 
 __all__ = ["MigrationStats"]
 
@@ -162,12 +163,4 @@ class MigrationStats:
 
 
 def _count(name: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not bool")
-    try:
-        number = operator.index(cast("SupportsIndex", value))
-    except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
-    if number < 0:
-        raise ValueError(f"{name} must not be negative, got {number}")
-    return number
+    return check_int(name, value, 0)

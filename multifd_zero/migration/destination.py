@@ -45,10 +45,10 @@ from ..wire import (
     FlagsError,
     HandshakeError,
     MagicError,
+    PacketDecoder,
     TruncatedError,
     check_header,
     decode_init,
-    decode_packet,
     packet_len,
 )
 from ..wire.ramstream import (
@@ -139,14 +139,9 @@ class _Receiver:
             head, what="a packet header", eof_ok=True, keep_waiting=owner.keep_waiting
         ):
             return False
-        check_header(head)
+        flags = check_header(head)
         self.channel.recv_exact(self.packet[HEADER_SIZE:], what="a packet")
-        pkt = decode_packet(
-            self.packet,
-            page_count=owner.page_count,
-            page_size=owner.page_size,
-            blocks=owner.lengths,
-        )
+        pkt = owner.decoder.decode_body(self.packet, flags)
         data = self.payload[: pkt.next_packet_size]
         if pkt.next_packet_size:
             self.channel.recv_exact(data, what="a packet's payload")
@@ -218,6 +213,9 @@ class MigrationDestination:
         self.channels = channels
         self.options = options
         self.page_count = page_count
+        self.decoder = PacketDecoder(
+            page_count=page_count, page_size=self.page_size, blocks=self.lengths
+        )
         self.uuid = uuid
         self.timeout = timeout
         self.failure = Failure()

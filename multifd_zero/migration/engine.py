@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import _kernels
-from .._checks import OffsetArray, as_offsets, check_offsets
+from .._checks import OffsetArray, as_offsets, check_int, check_offsets
 from ..errors import MigrationAbortedError, MigrationError
 from ..options import MigrationOptions
 from ..pages import multifd_ram_page_count
@@ -105,14 +105,6 @@ class MigrationResult:
             "destination": self.destination.as_dict(),
             "destination_sha256": self.destination_sha256,
         }
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-    return value
 
 
 def _rounds(block: RAMBlock, dirty: Iterable[Any] | None) -> Iterator[OffsetArray]:
@@ -233,11 +225,11 @@ def migrate(
         raise TypeError(f"destination must be a RAMBlock, not {type(destination).__name__}")
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
-    channels = _check_int("channels", channels, 1, _MAX_CHANNELS)
+    channels = check_int("channels", channels, 1, _MAX_CHANNELS)
     page_count = (
         multifd_ram_page_count(source.page_size)
         if page_count is None
-        else _check_int("page_count", page_count, 1, 1 << 20)
+        else check_int("page_count", page_count, 1, 1 << 20)
     )
     if page_count * source.page_size > _MAX_PACKET_BYTES:
         raise ValueError(

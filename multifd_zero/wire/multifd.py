@@ -75,7 +75,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _kernels
-from .._checks import OffsetArray, as_offsets
+from .._checks import OffsetArray, as_offsets, check_int
 from ..errors import (
     BlockError,
     CountError,
@@ -108,6 +108,7 @@ __all__ = [
     "MagicError",
     "MultiFDInit",
     "OffsetError",
+    "PacketDecoder",
     "PacketError",
     "RamPacket",
     "ReservedError",
@@ -451,54 +452,89 @@ def decode_packet(
       ...
     multifd_zero.errors.OffsetError: offset[0] = 4096 is past the last page of 'pc.ram' ...
     """
-    size = packet_len(page_count)
-    page_size = _kernels.check_page_size(page_size)
-    if not isinstance(blocks, Mapping):
-        raise TypeError(f"blocks must be a mapping of names to sizes, not {type(blocks).__name__}")
-    view = memoryview(buf).cast("B")
-    if view.nbytes < size:
-        raise TruncatedError(
-            f"a packet of {page_count} slots needs {size} bytes, got {view.nbytes}"
+    return PacketDecoder(page_count=page_count, page_size=page_size, blocks=blocks).decode(buf)
+
+
+class PacketDecoder:
+    """:func:`decode_packet` for one receiver: its arguments checked once, not per packet.
+
+    A receiving channel reads the 12-byte header first and checks it with
+    :func:`check_header` (a stream that is not multifd fails before more
+    bytes are awaited), then reads the rest and hands it to
+    :meth:`decode_body` with the flags, so that no field is checked twice.
+
+    Parameters
+    ----------
+    page_count, page_size, blocks
+        As for :func:`decode_packet`.
+    """
+
+    def __init__(self, *, page_count: int, page_size: int, blocks: Mapping[str, int]) -> None:
+        self.size = packet_len(page_count)
+        self.page_count = page_count
+        self.page_size = _kernels.check_page_size(page_size)
+        if not isinstance(blocks, Mapping):
+            raise TypeError(
+                f"blocks must be a mapping of names to sizes, not {type(blocks).__name__}"
+            )
+        for name, used_length in blocks.items():
+            if isinstance(used_length, bool) or not isinstance(used_length, int):
+                raise TypeError(f"the size of block {name!r} must be an int")
+        self.blocks = dict(blocks)
+
+    def decode(self, buf: Any) -> RamPacket:
+        """Check the header and decode the packet at the start of ``buf``."""
+        view = memoryview(buf).cast("B")
+        self._check_size(view)
+        return self.decode_body(view, check_header(view))
+
+    def _check_size(self, view: memoryview) -> None:
+        if view.nbytes < self.size:
+            raise TruncatedError(
+                f"a packet of {self.page_count} slots needs {self.size} bytes, got {view.nbytes}"
+            )
+
+    def decode_body(self, buf: Any, flags: int) -> RamPacket:
+        """Decode a packet whose header :func:`check_header` has passed, returning ``flags``."""
+        view = memoryview(buf).cast("B")
+        self._check_size(view)
+        page_count, page_size = self.page_count, self.page_size
+        (_, _, _, pages_alloc, normal, next_size, packet_num, zero, unused32, *unused64) = (
+            _FIXED.unpack_from(view, 0)
         )
-    flags = check_header(view)
-    (_, _, _, pages_alloc, normal, next_size, packet_num, zero, unused32, *unused64) = (
-        _FIXED.unpack_from(view, 0)
-    )
-    if unused32 or any(unused64):
-        raise ReservedError("reserved fields of the packet header are not zero")
-    if pages_alloc > page_count:
-        raise CountError(f"pages_alloc {pages_alloc} is larger than page_count {page_count}")
-    if normal > pages_alloc:
-        raise CountError(f"normal_pages {normal} is larger than pages_alloc {pages_alloc}")
-    if zero > pages_alloc - normal:
-        raise CountError(
-            f"zero_pages {zero} is larger than pages_alloc - normal_pages "
-            f"({pages_alloc} - {normal})"
+        if unused32 or any(unused64):
+            raise ReservedError("reserved fields of the packet header are not zero")
+        if pages_alloc > page_count:
+            raise CountError(f"pages_alloc {pages_alloc} is larger than page_count {page_count}")
+        if normal > pages_alloc:
+            raise CountError(f"normal_pages {normal} is larger than pages_alloc {pages_alloc}")
+        if zero > pages_alloc - normal:
+            raise CountError(
+                f"zero_pages {zero} is larger than pages_alloc - normal_pages "
+                f"({pages_alloc} - {normal})"
+            )
+        if next_size != normal * page_size:
+            raise SizeError(
+                f"next_packet_size {next_size} is not normal_pages * page_size "
+                f"({normal} * {page_size})"
+            )
+        num = normal + zero
+        if num == 0:
+            return RamPacket(flags, pages_alloc, 0, 0, next_size, packet_num)
+        name_field = bytes(view[_NAME_OFFSET : _NAME_OFFSET + RAMBLOCK_NAME_SIZE - 1])
+        raw_name = name_field.split(b"\0", 1)[0]
+        try:
+            name = raw_name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BlockError(f"block name {raw_name!r} is not UTF-8") from None
+        used_length = self.blocks.get(name)
+        if used_length is None:
+            raise BlockError(f"unknown RAM block {name!r}")
+        offsets = np.frombuffer(view, dtype=_BE64, count=num, offset=PACKET_FIXED_SIZE).astype(
+            np.uint64
         )
-    if next_size != normal * page_size:
-        raise SizeError(
-            f"next_packet_size {next_size} is not normal_pages * page_size "
-            f"({normal} * {page_size})"
-        )
-    num = normal + zero
-    if num == 0:
-        return RamPacket(flags, pages_alloc, 0, 0, next_size, packet_num)
-    name_field = bytes(view[_NAME_OFFSET : _NAME_OFFSET + RAMBLOCK_NAME_SIZE - 1])
-    raw_name = name_field.split(b"\0", 1)[0]
-    try:
-        name = raw_name.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BlockError(f"block name {raw_name!r} is not UTF-8") from None
-    used_length = blocks.get(name)
-    if used_length is None:
-        raise BlockError(f"unknown RAM block {name!r}")
-    if isinstance(used_length, bool) or not isinstance(used_length, int):
-        raise TypeError(f"the size of block {name!r} must be an int")
-    offsets = np.frombuffer(view, dtype=_BE64, count=num, offset=PACKET_FIXED_SIZE).astype(
-        np.uint64
-    )
-    _check_packet_offsets(offsets, name, used_length, page_size)
-    return RamPacket(flags, pages_alloc, normal, zero, next_size, packet_num, name, offsets)
+        _check_packet_offsets(offsets, name, used_length, page_size)
+        return RamPacket(flags, pages_alloc, normal, zero, next_size, packet_num, name, offsets)
 
 
 def _check_packet_offsets(
@@ -581,10 +617,7 @@ def decode_init(
     if uuid is not None and (not isinstance(uuid, bytes) or len(uuid) != 16):
         raise TypeError(f"uuid must be 16 bytes, not {type(uuid).__name__} {uuid!r:.40}")
     if channels is not None:
-        if isinstance(channels, bool) or not isinstance(channels, int):
-            raise TypeError(f"channels must be an int, not {type(channels).__name__}")
-        if channels < 1:
-            raise ValueError(f"channels must be at least 1, got {channels}")
+        check_int("channels", channels, 1)
     view = memoryview(buf).cast("B")
     if view.nbytes < HANDSHAKE_SIZE:
         raise TruncatedError(f"a handshake needs {HANDSHAKE_SIZE} bytes, got {view.nbytes}")

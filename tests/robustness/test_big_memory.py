@@ -273,7 +273,9 @@ def test_page_size_larger_than_the_block() -> None:
 # ------------------------------------------- closed or resized while held
 
 
-def _while_writing(host: Any, attempt: Any, size: int, ps: int = 1024) -> dict[str, int]:
+def _while_writing(
+    host: Any, attempt: Any, size: int, ps: int = 1024, renew: Any = None
+) -> dict[str, int]:
     """Run recv_normal_pages into ``host`` on a thread; call ``attempt()`` while it is part-way.
 
     Progress is read from the receivedmap (the kernel sets page k's bit, then
@@ -281,7 +283,10 @@ def _while_writing(host: Any, attempt: Any, size: int, ps: int = 1024) -> dict[s
     An attempt counts as "mid-call" when the kernel was part-way both before
     and after it. Returns the counts and what the attempts raised; stops at
     the first attempt that succeeds (the host is then gone), reporting whether
-    the kernel was still part-way then.
+    the kernel was still part-way then. An attempt that lands just after the
+    kernel returned tests nothing: with ``renew`` (which puts the host back as
+    it was) it is undone and not counted, so a descheduled test thread cannot
+    end the search before it caught the kernel part-way.
     """
     n = size // ps
     offsets = np.arange(n, dtype=np.uint64) * np.uint64(ps)
@@ -318,6 +323,12 @@ def _while_writing(host: Any, attempt: Any, size: int, ps: int = 1024) -> dict[s
             else:
                 gone = True
                 late = progress() < n and worker.is_alive()
+                if not late and renew is not None and out["mid-call"] == 0:
+                    worker.join()
+                    renew()
+                    out["attempts"] -= 1
+                    gone = False
+                    break
                 key = "succeeded mid-call" if late else "succeeded after the writes"
                 out[key] = out.get(key, 0) + 1
         worker.join()
@@ -356,11 +367,21 @@ def child_close_or_resize_while_held() -> dict[str, Any]:
     # bytearray: no resize while exported. A fresh buffer for each case: an
     # attempt that lands just after the kernel returns does resize it.
     grown, shrunk, cleared = bytearray(size), bytearray(size), bytearray(size)
-    report["bytearray.extend"] = _while_writing(grown, lambda: grown.extend(b"\0" * ps), size)
-    report["bytearray.del"] = _while_writing(
-        shrunk, lambda: shrunk.__delitem__(slice(-ps, None)), size
+    report["bytearray.extend"] = _while_writing(
+        grown,
+        lambda: grown.extend(b"\0" * ps),
+        size,
+        renew=lambda: grown.__delitem__(slice(size, None)),
     )
-    report["bytearray.clear"] = _while_writing(cleared, cleared.clear, size)
+    report["bytearray.del"] = _while_writing(
+        shrunk,
+        lambda: shrunk.__delitem__(slice(-ps, None)),
+        size,
+        renew=lambda: shrunk.extend(b"\0" * ps),
+    )
+    report["bytearray.clear"] = _while_writing(
+        cleared, cleared.clear, size, renew=lambda: cleared.extend(bytes(size))
+    )
 
     # A RAMBlock over a bytearray that shrinks afterwards: the kernels check the
     # buffer as it is now, so a page past the new end is refused, not written.
