@@ -34,7 +34,7 @@ from ..pages import multifd_ram_page_count
 from ..ramblock import RAMBlock
 from ..stats import MigrationStats
 from .destination import DestinationReport, MigrationDestination
-from .process import DestinationProcess, fresh_memory
+from .process import DestinationConfig, DestinationProcess, fresh_memory
 from .shm import SharedRAM
 from .source import MigrationSource, ProgressCallback, SourceReport
 from .transport import TRANSPORTS, Channel, connect, inprocess_pair
@@ -381,33 +381,27 @@ class _Run:
                     staging = SharedRAM(destination.used_length)
                     _copy(destination.host, staging)
                     path = staging.path
-            config = {
-                "transport": transport,
-                "address": os.path.join(workdir, "migrate.sock") if transport == "unix" else None,
-                "channels": self.channels,
-                "page_size": self.source.page_size,
-                "page_count": self.page_count,
-                "idstr": destination.idstr if destination is not None else self.source.idstr,
-                "size": (
+            config = DestinationConfig(
+                transport=transport,
+                address=os.path.join(workdir, "migrate.sock") if transport == "unix" else None,
+                channels=self.channels,
+                page_size=self.source.page_size,
+                page_count=self.page_count,
+                idstr=destination.idstr if destination is not None else self.source.idstr,
+                size=(
                     destination.used_length if destination is not None else self.source.used_length
                 ),
-                "path": path,
-                "receivedmap": (
-                    destination.receivedmap.bitmap.tobytes().hex()
-                    if destination is not None
-                    else None
+                path=path,
+                receivedmap=(
+                    destination.receivedmap.bitmap.tobytes() if destination is not None else None
                 ),
-                "return_receivedmap": destination is not None,
-                "options": {
-                    "zero_page_detection": str(self.options.zero_page_detection),
-                    "postcopy_ram": self.options.postcopy_ram,
-                    "release_ram": self.options.release_ram,
-                },
-                "uuid": self.uuid.hex(),
-                "simd": _kernels.get_simd(),
-                "timeout": self.timeout,
-                "checksum": checksum,
-            }
+                return_receivedmap=destination is not None,
+                options=self.options,
+                uuid=self.uuid,
+                simd=_kernels.get_simd(),
+                timeout=self.timeout,
+                checksum=checksum,
+            )
             child = DestinationProcess(config, cwd=workdir, timeout=self.timeout)
             listening = child.expect("listening")
             address = listening["address"]

@@ -1,8 +1,9 @@
 """Running a migration destination in a separate process, for the socket transports.
 
 The parent starts ``python -c ...`` with the same interpreter and the same
-copy of ``multifd_zero`` it runs itself, writes one JSON line of settings to
-the child's stdin, and reads JSON lines back from its stdout:
+copy of ``multifd_zero`` it runs itself, writes its :class:`DestinationConfig`
+to the child's stdin as one JSON line, and reads JSON lines back from its
+stdout:
 
 - ``{"event": "listening", "address": ...}`` once the child listens;
 - ``{"event": "complete", "report": {...}, "receivedmap": "<hex>"}`` when the
@@ -28,6 +29,7 @@ import selectors
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,13 @@ from ..ramblock import RAMBlock
 from .destination import MigrationDestination
 from .transport import Listener
 
-__all__ = ["DestinationProcess", "child_main", "fresh_memory", "rebuild_error"]
+__all__ = [
+    "DestinationConfig",
+    "DestinationProcess",
+    "child_main",
+    "fresh_memory",
+    "rebuild_error",
+]
 
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -58,6 +66,76 @@ _BUILTIN_ERRORS = (
 )
 
 
+@dataclass(frozen=True)
+class DestinationConfig:
+    """What the destination child needs to know, sent to it as one JSON line.
+
+    Attributes
+    ----------
+    transport : {"tcp", "unix"}
+    address : str or None
+        The Unix socket's path, or None for TCP on a free loopback port.
+    channels, page_size, page_count : int
+    idstr : str
+        The RAM block's name.
+    size : int
+        The block's ``used_length``.
+    path : str or None
+        A shared file to map as the block's memory, or None for fresh memory.
+    receivedmap : bytes or None
+        The destination's receivedmap words to start from.
+    return_receivedmap : bool
+        Send the receivedmap back at the end.
+    options : MigrationOptions
+    uuid : bytes
+        The migration's 16-byte uuid, which every channel's handshake must carry.
+    simd : str
+        The parent's zero-check path.
+    timeout : float
+    checksum : bool
+        Hash the memory at the end, where it lives.
+    """
+
+    transport: str
+    address: str | None
+    channels: int
+    page_size: int
+    page_count: int
+    idstr: str
+    size: int
+    path: str | None
+    receivedmap: bytes | None
+    return_receivedmap: bool
+    options: MigrationOptions
+    uuid: bytes
+    simd: str
+    timeout: float
+    checksum: bool
+
+    def to_json(self) -> str:
+        """One line of JSON (bytes as hex, the options as their fields)."""
+        data = asdict(self)
+        data["receivedmap"] = None if self.receivedmap is None else self.receivedmap.hex()
+        data["uuid"] = self.uuid.hex()
+        data["options"] = {
+            "zero_page_detection": str(self.options.zero_page_detection),
+            "postcopy_ram": self.options.postcopy_ram,
+            "release_ram": self.options.release_ram,
+        }
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, line: str) -> DestinationConfig:
+        """The config that :meth:`to_json` wrote."""
+        data = json.loads(line)
+        data["receivedmap"] = (
+            None if data["receivedmap"] is None else bytes.fromhex(data["receivedmap"])
+        )
+        data["uuid"] = bytes.fromhex(data["uuid"])
+        data["options"] = MigrationOptions(**data["options"])
+        return cls(**data)
+
+
 def _package_parent() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
@@ -67,8 +145,8 @@ class DestinationProcess:
 
     Parameters
     ----------
-    config : dict
-        The settings (see :func:`child_main`); JSON-serializable.
+    config : DestinationConfig
+        What the child is to do.
     cwd : str
         The child's working directory (a private temporary folder, so that
         the current directory cannot shadow the installed package).
@@ -76,7 +154,7 @@ class DestinationProcess:
         Seconds each :meth:`expect` may wait.
     """
 
-    def __init__(self, config: dict[str, Any], *, cwd: str, timeout: float) -> None:
+    def __init__(self, config: DestinationConfig, *, cwd: str, timeout: float) -> None:
         self.timeout = timeout
         self._buffer = b""
         self.proc = subprocess.Popen(
@@ -87,7 +165,7 @@ class DestinationProcess:
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
-            self.proc.stdin.write(json.dumps(config).encode() + b"\n")
+            self.proc.stdin.write(config.to_json().encode() + b"\n")
             self.proc.stdin.close()
         except OSError:  # pragma: no cover - the child died at once; expect() reports it
             pass
@@ -169,65 +247,51 @@ def fresh_memory(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-def _memory(config: dict[str, Any]) -> mmap.mmap:
-    size = int(config["size"])
-    path = config.get("path")
-    if path is None:
-        return fresh_memory(size)
-    fd = os.open(path, os.O_RDWR)
+def _memory(config: DestinationConfig) -> mmap.mmap:
+    if config.path is None:
+        return fresh_memory(config.size)
+    fd = os.open(config.path, os.O_RDWR)
     try:
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        return mmap.mmap(fd, config.size, flags=mmap.MAP_SHARED)
     finally:
         os.close(fd)
 
 
-def run_child(config: dict[str, Any]) -> None:
-    """The child's work, given the settings; reports through stdout."""
-    if config.get("simd"):
-        _kernels.set_simd(config["simd"])  # the parent's zero-check path
+def run_child(config: DestinationConfig) -> None:
+    """The child's work, given its config; reports through stdout."""
+    if config.simd:
+        _kernels.set_simd(config.simd)
     memory = _memory(config)
-    block = RAMBlock(config["idstr"], memory, int(config["page_size"]))
-    if config.get("receivedmap"):
-        bits = np.frombuffer(bytes.fromhex(config["receivedmap"]), dtype=np.uint64)
-        block.receivedmap.bitmap[:] = bits
-    timeout = float(config["timeout"])
-    address = config.get("address")
-    listener = Listener(config["transport"], address, timeout=timeout)
+    block = RAMBlock(config.idstr, memory, config.page_size)
+    if config.receivedmap:
+        block.receivedmap.bitmap[:] = np.frombuffer(config.receivedmap, dtype=np.uint64)
+    listener = Listener(config.transport, config.address, timeout=config.timeout)
     try:
         _emit({"event": "listening", "address": listener.address})
         destination = MigrationDestination(
             [block],
-            channels=int(config["channels"]),
-            options=MigrationOptions(**config["options"]),
-            page_count=int(config["page_count"]),
-            uuid=bytes.fromhex(config["uuid"]),
-            timeout=timeout,
+            channels=config.channels,
+            options=config.options,
+            page_count=config.page_count,
+            uuid=config.uuid,
+            timeout=config.timeout,
         )
         report = destination.run(listener.accept)
     finally:
         listener.close()
     reply: dict[str, Any] = {"event": "complete", "report": report.as_dict()}
-    if config.get("return_receivedmap"):
+    if config.return_receivedmap:
         reply["receivedmap"] = block.receivedmap.bitmap.tobytes().hex()
     _emit(reply)
-    if config.get("checksum"):
+    if config.checksum:
         _emit({"event": "checksum", "sha256": hashlib.sha256(memory).hexdigest()})
     memory.close()
 
 
 def child_main() -> int:
-    """Entry point of the destination process: settings on stdin, JSON lines on stdout.
-
-    Settings: ``transport`` ("tcp" or "unix"), ``address`` (the Unix path, or
-    None for TCP on a free loopback port), ``channels``, ``page_size``,
-    ``page_count``, ``idstr``, ``size``, ``path`` (a shared file to map, or
-    None for fresh memory), ``receivedmap`` (hex, optional), ``options``
-    (MigrationOptions fields), ``uuid`` (hex), ``timeout``, ``checksum`` and
-    ``return_receivedmap`` (bools), ``simd`` (a zero-check path, optional).
-    """
+    """Entry point of the destination process: a :class:`DestinationConfig` on stdin."""
     try:
-        config = json.loads(sys.stdin.readline())
-        run_child(config)
+        run_child(DestinationConfig.from_json(sys.stdin.readline()))
     except BaseException as exc:
         _emit({"event": "error", "type": type(exc).__name__, "message": str(exc)})
         return 1

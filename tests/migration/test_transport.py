@@ -7,6 +7,7 @@ wait is bounded by a short timeout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import subprocess
@@ -18,9 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import multifd_zero as mz
 from multifd_zero import wire
 from multifd_zero.migration import transport
-from multifd_zero.migration.process import DestinationProcess, fresh_memory, rebuild_error
+from multifd_zero.migration.process import (
+    DestinationConfig,
+    DestinationProcess,
+    fresh_memory,
+    rebuild_error,
+)
 from multifd_zero.migration.shm import SharedRAM
 from multifd_zero.migration.transport import Channel, Listener, connect, inprocess_pair
 from multifd_zero.wire import ramstream
@@ -246,9 +253,32 @@ def test_rebuild_error_keeps_the_class() -> None:
     assert type(rebuild_error("RamPacket", "m")).__name__ == "MigrationError"
 
 
+def _child_config(uuid: bytes, **changes: object) -> DestinationConfig:
+    config = DestinationConfig(
+        transport="tcp",
+        address=None,
+        channels=1,
+        page_size=4096,
+        page_count=4,
+        idstr="pc.ram",
+        size=8 * 4096,
+        path=None,
+        receivedmap=None,
+        return_receivedmap=False,
+        options=mz.MigrationOptions(),
+        uuid=uuid,
+        simd="",
+        timeout=10.0,
+        checksum=False,
+    )
+    return dataclasses.replace(config, **changes)
+
+
 def test_destination_process_reports_a_bad_start(tmp_path: Path) -> None:
     """A destination process given bad settings reports its error instead of hanging."""
-    child = DestinationProcess({"transport": "udp"}, cwd=str(tmp_path), timeout=30)
+    child = DestinationProcess(
+        _child_config(bytes(16), transport="udp"), cwd=str(tmp_path), timeout=30
+    )
     with pytest.raises(Exception, match=r"size|udp|KeyError"):
         child.expect("listening")
     assert child.close() == 1
@@ -257,20 +287,7 @@ def test_destination_process_reports_a_bad_start(tmp_path: Path) -> None:
 def test_destination_process_refuses_a_bad_packet(tmp_path: Path) -> None:
     """Raw bytes over TCP to a destination process: a bad packet comes back as its PacketError."""
     uuid = bytes(16)
-    config = {
-        "transport": "tcp",
-        "address": None,
-        "channels": 1,
-        "page_size": 4096,
-        "page_count": 4,
-        "idstr": "pc.ram",
-        "size": 8 * 4096,
-        "path": None,
-        "options": {"zero_page_detection": "multifd", "postcopy_ram": False, "release_ram": False},
-        "uuid": uuid.hex(),
-        "timeout": 10.0,
-        "checksum": False,
-    }
+    config = _child_config(uuid)
     child = DestinationProcess(config, cwd=str(tmp_path), timeout=30)
     try:
         address = tuple(child.expect("listening")["address"])
