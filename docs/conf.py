@@ -61,6 +61,7 @@ napoleon_type_aliases = {
     "buffer": ":term:`buffer`",
     "writable buffer": ":term:`writable buffer <buffer>`",
     "NOCOMP": "``NOCOMP``",
+    "ByteSource": ":class:`~multifd_zero.wire.ByteSource`",
 }
 
 # -- doctest ------------------------------------------------------------------

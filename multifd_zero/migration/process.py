@@ -10,7 +10,7 @@ stdout:
   migration has been received;
 - ``{"event": "checksum", "sha256": "..."}`` if a checksum was asked for;
 - ``{"event": "error", "type": "...", "message": "..."}`` if it failed; the
-  parent raises the same exception class for :class:`~multifd_zero.wire.PacketError`
+  parent raises the same exception class for :class:`~multifd_zero.PacketError`
   subclasses and the builtin errors.
 
 The child's memory is either fresh anonymous memory or a shared file mapping

@@ -4,12 +4,28 @@
   handshake (QEMU's ``migration/multifd.h``), byte for byte.
 - :mod:`multifd_zero.wire.ramstream`: the main channel's RAM records.
 
-The names of :mod:`multifd_zero.wire.multifd` are re-exported here. This layer
+The names of :mod:`multifd_zero.wire.multifd` are re-exported here, with the
+errors a decoder raises (from :mod:`multifd_zero.errors`) and
+:class:`ByteSource`, what a reader needs of a connection. This layer
 imports the kernels and :mod:`multifd_zero.errors`, never the migration engine.
 """
 
 from __future__ import annotations
 
+from ..errors import (
+    BlockError,
+    CountError,
+    FlagsError,
+    HandshakeError,
+    MagicError,
+    OffsetError,
+    PacketError,
+    ReservedError,
+    SizeError,
+    TruncatedError,
+    VersionError,
+)
+from ._source import ByteSource
 from .multifd import (
     HANDSHAKE_SIZE,
     HEADER_SIZE,
@@ -21,20 +37,9 @@ from .multifd import (
     MULTIFD_VERSION,
     PACKET_FIXED_SIZE,
     RAMBLOCK_NAME_SIZE,
-    BlockError,
-    CountError,
-    FlagsError,
-    HandshakeError,
-    MagicError,
     MultiFDInit,
-    OffsetError,
     PacketDecoder,
-    PacketError,
     RamPacket,
-    ReservedError,
-    SizeError,
-    TruncatedError,
-    VersionError,
     check_header,
     decode_init,
     decode_packet,
@@ -57,6 +62,7 @@ __all__ = [
     "PACKET_FIXED_SIZE",
     "RAMBLOCK_NAME_SIZE",
     "BlockError",
+    "ByteSource",
     "CountError",
     "FlagsError",
     "HandshakeError",

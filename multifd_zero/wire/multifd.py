@@ -29,34 +29,34 @@ Handshake (``MultiFDInit_t``, 64 bytes, once per channel): magic (4), version
 
 What the decoder rejects
 ------------------------
-Every check raises a subclass of :class:`PacketError`, before anything of the
+Every check raises a subclass of :class:`~multifd_zero.PacketError`, before anything of the
 packet is applied. Those QEMU's receiver makes (``multifd_recv_unfill_packet``
 and the initial packet):
 
-- bad magic (:class:`MagicError`) or version (:class:`VersionError`);
+- bad magic (:class:`~multifd_zero.errors.MagicError`) or version (:class:`~multifd_zero.errors.VersionError`);
 - ``pages_alloc > page_count``, ``normal_pages > pages_alloc`` or
-  ``zero_pages > pages_alloc - normal_pages`` (:class:`CountError`);
-- an unknown block name, when the packet has pages (:class:`BlockError`);
-- an offset past ``used_length - page_size`` (:class:`OffsetError`);
-- compression bits other than ``NOCOMP`` (:class:`FlagsError`);
+  ``zero_pages > pages_alloc - normal_pages`` (:class:`~multifd_zero.errors.CountError`);
+- an unknown block name, when the packet has pages (:class:`~multifd_zero.errors.BlockError`);
+- an offset past ``used_length - page_size`` (:class:`~multifd_zero.errors.OffsetError`);
+- compression bits other than ``NOCOMP`` (:class:`~multifd_zero.errors.FlagsError`);
 - in the handshake: another migration's uuid, or a channel id out of range
-  (:class:`HandshakeError`).
+  (:class:`~multifd_zero.errors.HandshakeError`).
 
 And more, where QEMU trusts its peer:
 
-- an offset that is not a multiple of the page size (:class:`OffsetError`);
-- ``next_packet_size != normal_pages * page_size`` (:class:`SizeError`): with
+- an offset that is not a multiple of the page size (:class:`~multifd_zero.errors.OffsetError`);
+- ``next_packet_size != normal_pages * page_size`` (:class:`~multifd_zero.errors.SizeError`): with
   no compression that is the only size that keeps the stream in step;
 - flag bits QEMU does not define, or the ``DEVICE_STATE`` packets this library
-  does not carry (:class:`FlagsError`);
+  does not carry (:class:`~multifd_zero.errors.FlagsError`);
 - non-zero reserved fields, in the packet header and in the handshake
-  (:class:`ReservedError`). QEMU ignores them. They are refused here because
+  (:class:`~multifd_zero.errors.ReservedError`). QEMU ignores them. They are refused here because
   the one time a reserved field was given a meaning (``zero_pages``, QEMU
   9.0), a receiver that ignored it silently corrupted guest memory;
 - a handshake channel id equal to the channel count (QEMU only rejects
-  ``id > channels``) or seen twice (:class:`HandshakeError`);
+  ``id > channels``) or seen twice (:class:`~multifd_zero.errors.HandshakeError`);
 - a packet or payload cut short by the end of the stream
-  (:class:`TruncatedError`, raised by the receiver).
+  (:class:`~multifd_zero.errors.TruncatedError`, raised by the receiver).
 
 Accepted as QEMU accepts them: offset slots past ``normal_pages +
 zero_pages`` holding stale values (QEMU 9.0 and 9.1 did not clear them),
@@ -83,7 +83,6 @@ from ..errors import (
     HandshakeError,
     MagicError,
     OffsetError,
-    PacketError,
     ReservedError,
     SizeError,
     TruncatedError,
@@ -101,20 +100,9 @@ __all__ = [
     "MULTIFD_VERSION",
     "PACKET_FIXED_SIZE",
     "RAMBLOCK_NAME_SIZE",
-    "BlockError",
-    "CountError",
-    "FlagsError",
-    "HandshakeError",
-    "MagicError",
     "MultiFDInit",
-    "OffsetError",
     "PacketDecoder",
-    "PacketError",
     "RamPacket",
-    "ReservedError",
-    "SizeError",
-    "TruncatedError",
-    "VersionError",
     "check_header",
     "decode_init",
     "decode_packet",
@@ -605,10 +593,10 @@ def decode_init(
     buf : buffer
         At least 64 bytes.
     uuid : bytes, optional
-        The migration's uuid; another one raises :class:`HandshakeError`.
+        The migration's uuid; another one raises :class:`~multifd_zero.errors.HandshakeError`.
     channels : int, optional
         The receiver's channel count; an id ``>= channels`` raises
-        :class:`HandshakeError`.
+        :class:`~multifd_zero.errors.HandshakeError`.
 
     Raises
     ------

@@ -180,7 +180,7 @@ class MemSize:
 class RamStreamReader:
     """Reads the main stream from a channel, a buffer at a time.
 
-    All errors are :class:`~multifd_zero.wire.PacketError` subclasses; a run
+    All errors are :class:`~multifd_zero.PacketError` subclasses; a run
     of zero records is checked completely before it is returned.
 
     Parameters
