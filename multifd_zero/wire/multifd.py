@@ -33,7 +33,8 @@ Every check raises a subclass of :class:`~multifd_zero.PacketError`, before anyt
 packet is applied. Those QEMU's receiver makes (``multifd_recv_unfill_packet``
 and the initial packet):
 
-- bad magic (:class:`~multifd_zero.errors.MagicError`) or version (:class:`~multifd_zero.errors.VersionError`);
+- bad magic (:class:`~multifd_zero.errors.MagicError`) or version
+  (:class:`~multifd_zero.errors.VersionError`);
 - ``pages_alloc > page_count``, ``normal_pages > pages_alloc`` or
   ``zero_pages > pages_alloc - normal_pages`` (:class:`~multifd_zero.errors.CountError`);
 - an unknown block name, when the packet has pages (:class:`~multifd_zero.errors.BlockError`);
