@@ -1,8 +1,9 @@
-"""Argument types and options shared by the command-line modules."""
+"""Argument types, options and report lines shared by the command-line modules."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .. import _kernels
 from ..options import MigrationOptions, ZeroPageDetection
@@ -59,3 +60,9 @@ def migration_options(args: argparse.Namespace) -> MigrationOptions:
     return MigrationOptions(
         zero_page_detection=args.zero_page_detection, postcopy_ram=args.postcopy_ram
     )
+
+
+def verify_line(result: dict[str, Any]) -> str:
+    """The report's last line: whether the destination's hash equals the source's."""
+    verdict = "OK, destination equals source" if result["verified"] else "MISMATCH"
+    return f"  verify: {verdict} (sha256 {str(result['destination_sha256'])[:16]}...)"

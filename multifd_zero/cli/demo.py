@@ -19,7 +19,15 @@ from ..guest import dirty_rounds, make_guest_ram
 from ..migration.engine import MigrationResult, migrate
 from ..options import MigrationOptions
 from ..ramblock import RAMBlock
-from ._argtypes import MIB, add_migration_options, migration_options, page_size, positive, ratio
+from ._argtypes import (
+    MIB,
+    add_migration_options,
+    migration_options,
+    page_size,
+    positive,
+    ratio,
+    verify_line,
+)
 
 __all__ = ["DemoResult", "register", "run", "run_demo"]
 
@@ -164,8 +172,7 @@ def _print(result: dict[str, Any]) -> None:
         f"  migration: {result['total_seconds']:.3f} s, "
         f"{result['total_gb_per_s']:.2f} GB/s of guest RAM (detect, send, apply)"
     )
-    verdict = "OK, destination equals source" if result["verified"] else "MISMATCH"
-    print(f"  verify: {verdict} (sha256 {str(result['destination_sha256'])[:16]}...)")
+    print(verify_line(result))
 
 
 def run(args: argparse.Namespace) -> int:

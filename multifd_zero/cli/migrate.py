@@ -30,7 +30,7 @@ from ..guest import dirty_rounds, make_guest_ram
 from ..migration.engine import MigrationResult, migrate
 from ..migration.transport import TRANSPORTS
 from ..ramblock import RAMBlock
-from ._argtypes import MIB, add_migration_options, migration_options
+from ._argtypes import MIB, add_migration_options, migration_options, verify_line
 from ._argtypes import page_size as _page_size
 from ._argtypes import positive as _positive
 from ._argtypes import ratio as _ratio
@@ -156,8 +156,7 @@ def _print(data: dict[str, Any]) -> None:
         f"  destination: {dest['packets']} packets, {dest['zero_pages_written']} zero pages "
         f"written, {dest['received_pages']} pages received"
     )
-    verdict = "OK, destination equals source" if data["verified"] else "MISMATCH"
-    print(f"  verify: {verdict} (sha256 {str(data['destination_sha256'])[:16]}...)")
+    print(verify_line(data))
 
 
 def run(args: argparse.Namespace) -> int:
