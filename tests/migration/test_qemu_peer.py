@@ -1,48 +1,56 @@
-"""A real peer: QEMU migrates a RAM image, and ``scan`` must count its pages the same.
+"""A real peer: QEMU 10 migrates a RAM image, and ``scan`` must count its pages the same.
 
 The test builds a deterministic guest RAM image (128 MiB of 4 KiB pages: zero
 pages, some of them holes, and pages with one non-zero byte at the start, the
-end, the middle or anywhere, or random data), starts Debian's
-``qemu-system-x86_64`` (QEMU 7.2, package qemu-system-x86) on it::
+end, the middle or anywhere, or random data), starts ``qemu-system-x86_64``
+(QEMU 10.0 or later) on it::
 
     qemu-system-x86_64 -machine none -nodefaults -no-user-config -display none -S
         -object memory-backend-file,id=mem,size=SIZE,mem-path=IMAGE,share=on,readonly=on
         -machine memory-backend=mem -qmp unix:SOCKET,server=on,wait=off
 
-and migrates it twice, each time from a fresh QEMU, through a small QMP client:
+and migrates it twice, each time from a fresh QEMU, through a small QMP client,
+to a Unix socket served by this test, which keeps every connection's bytes:
 
-1. plain precopy to ``exec:cat > /dev/null``;
-2. multifd with 2 channels to a Unix socket served by this test, which keeps
-   what every channel sends and parses the multifd packets.
+1. plain precopy (one connection, the main stream);
+2. multifd with 2 channels and ``zero-page-detection=multifd`` (the default
+   since QEMU 9.0): the main stream and two multifd channels.
 
-What QEMU 7.2 does (read in its ``migration/ram.c`` and ``multifd.c``):
-zero-page detection runs on the main migration thread for every page
-(``save_zero_page``: ``duplicate += 1`` and a 9-byte record on the main
-stream); the other pages are ``normal``: sent on the main stream with an 8-byte
-header, or queued to multifd (``normal += 1`` per queued page). With
-``-machine none`` the memory backend is the only RAM block (no firmware, ROM or
-video RAM blocks; ``-machine pc`` would add five: pc.bios, pc.rom and three
-ACPI ``/rom@etc/...`` blocks, 130 pages), which the test checks with
-``info ramblock`` and ``query-migrate``'s ``ram.total``. So ``duplicate`` and
+With ``-machine none`` the memory backend is the only RAM block (no firmware,
+ROM or video RAM blocks; ``-machine pc`` would add ``pc.bios``, ``pc.rom`` and
+three ACPI ``/rom@etc/...`` blocks), which the test checks with ``info
+ramblock`` and ``query-migrate``'s ``ram.total``. So ``duplicate`` and
 ``normal`` must equal ``scan``'s zero and normal pages **exactly**, and they do.
 
-Bytes, exactly, from the same sources:
+What QEMU 10 counts (read in QEMU's ``migration/migration.c``,
+``migration-stats.c``, ``ram.c``, ``multifd.c`` and ``multifd-nocomp.c``):
 
-- precopy: ``transferred = 9 * zero + (8 + 4096) * normal + (1 + len("mem"))
-  + 8 * k``: the block name goes with the first page header only, and every
-  ``ram_save_iterate`` call ends with an 8-byte EOS counted in ``transferred``
-  (k >= 1, timing-dependent). That is ``scan``'s ``precopy`` figure + 4 + 8k.
-- multifd (QEMU 7.2 = ``legacy`` detection with multifd): the main stream
-  carries ``9 * zero + 4 + 8 * k`` RAM bytes; ``multifd-bytes`` is the sum over
-  the packets on the channels of ``1344 + 4096 * normal_pages`` (checked against
-  the bytes received). Two QEMU 7.2 quirks make the packet count differ from
-  ``scan``'s ``ceil(normal / 128)``: a SYNC packet per channel at setup, after
-  each iteration and at completion; and a race in ``multifd_queue_page`` (fixed
-  in later QEMU) that, when a channel finishes a full batch before the main
-  thread looks at it again, queues the batch's last page once more as the first
-  page of the next batch. Such a page goes on the wire twice but is counted once
-  in ``normal``. The test identifies every resent page by that pattern and
-  accounts for every byte.
+- ``ram.transferred`` is ``migration_transferred_bytes()``
+  (``migration-stats.c``, reported by ``populate_ram_info`` in
+  ``migration.c``): ``qemu_file_transferred()`` of the main stream, i.e.
+  **every byte written to it** (file header, configuration, RAM section
+  headers and footers, the setup section's block list, commands, the device
+  sections and the JSON vmdesc), plus ``multifd-bytes``. QEMU 7.2 counted the
+  RAM records only (``ram_transferred_add``); that sum lives on in QEMU 10 as
+  ``precopy-bytes + downtime-bytes + postcopy-bytes`` (``ram_transferred_add``
+  files the bytes by run state; the guest is stopped here, so they are
+  ``downtime-bytes``): the page records and the ``EOS`` ending every
+  iteration (``ram_save_iterate``), not those of the setup and completion
+  sections.
+- So the test records the main stream and parses its sections: ``transferred``
+  is its length (plus ``multifd-bytes``) exactly, its page records are
+  ``scan``'s ``precopy`` figure plus the block name sent once
+  (``1 + len("mem")``), and their sum with the ``k`` EOS markers is what
+  ``ram_transferred_add`` counted.
+- multifd (``multifd_send_zero_page_detect`` on the sender threads): every
+  page goes to a channel in batches of 128 (``multifd_queue_page``); the sender
+  thread reorders each batch with a two-pointer pass (normal pages first) and
+  sends the zero pages as offsets only. ``multifd-bytes`` is every byte on the
+  channels, the 64-byte ``MultiFDInit_t`` handshake included; each packet is
+  ``1344 + 4096 * normal_pages`` bytes. At setup and at the end of every round
+  ``multifd_ram_flush_and_sync`` sends one SYNC packet on every channel and
+  one ``RAM_SAVE_FLAG_MULTIFD_FLUSH`` on the main stream. The packets are
+  decoded with the project's own ``multifd_zero.wire`` decoder.
 
 A trailing partial page: QEMU rounds a RAM block up to whole pages and refuses
 a backing file shorter than that; the test checks the refusal and that
@@ -50,15 +58,15 @@ a backing file shorter than that; the test checks the refusal and that
 what QEMU counts for the full image, whose last page is those bytes padded
 with zeros.
 
-With ``MULTIFD_ZERO_REQUIRE_QEMU=1`` (CI) a missing or broken QEMU fails the
-test; otherwise it is skipped with the reason.
+QEMU missing or older than 10: the tests that need it are skipped with the
+reason; with ``MULTIFD_ZERO_REQUIRE_QEMU=1`` (CI) they fail instead
+(``qemu_vm.require_qemu``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import math
 import mmap
@@ -79,29 +87,57 @@ from typing import Any, NoReturn
 
 import numpy as np
 import pytest
+from support.qemu_vm import parse_ramblock, require_qemu
 
+import multifd_zero
 from multifd_zero.tools.scan import ScanResult, scan_file
+from multifd_zero.wire import (
+    HANDSHAKE_SIZE,
+    MULTIFD_FLAG_SYNC,
+    MULTIFD_MAGIC,
+    RamPacket,
+    check_header,
+    decode_init,
+    decode_packet,
+    packet_len,
+)
+from multifd_zero.wire.ramstream import (
+    QEMU_VM_EOF,
+    QEMU_VM_FILE_MAGIC,
+    QEMU_VM_FILE_VERSION,
+    QEMU_VM_SECTION_PART,
+    QEMU_VM_SECTION_START,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_ZERO,
+)
 
 QEMU = "qemu-system-x86_64"
-REQUIRE = os.environ.get("MULTIFD_ZERO_REQUIRE_QEMU") == "1"
+MIN_QEMU = 10  # the packet layout, the zero-page detection and the counters below
 PAGE = 4096
 IMAGE_PAGES = 32768  # 128 MiB
 BLOCK = "mem"  # the memory backend's id is the RAM block's idstr
 SEED = 20240311
+REQUIRE = os.environ.get("MULTIFD_ZERO_REQUIRE_QEMU") == "1"
+BATCH = multifd_zero.multifd_ram_page_count(PAGE)  # 128 pages per multifd packet
+PACKET_LEN = packet_len(BATCH)  # 1344 bytes before the payload
 
-# QEMU 7.2's multifd packet (migration/multifd.h): 12 big-endian u32/u64 fields
-# and reserved words in 64 bytes, the 256-byte block name, 128 offsets.
-MULTIFD_MAGIC = 0x11223344
-PACKET_LEN = 320 + 8 * 128
-INIT_LEN = 64
-FLAG_SYNC = 1
-QEMU_VM_FILE_MAGIC = 0x5145564D  # "QEVM": the main migration stream
+# savevm section framing (QEMU's migration/savevm.c); the RAM section's own
+# records use the project's names from multifd_zero.wire.ramstream.
+QEMU_VM_SECTION_END = 0x03
+QEMU_VM_SECTION_FULL = 0x04
+QEMU_VM_COMMAND = 0x08
+QEMU_VM_CONFIGURATION = 0x07
+QEMU_VM_SECTION_FOOTER = 0x7E
 
 
 def unavailable(reason: str) -> NoReturn:
-    """Skip, or fail when the environment requires QEMU."""
+    """Skip, or fail when the environment requires QEMU (``MULTIFD_ZERO_REQUIRE_QEMU=1``)."""
     if REQUIRE:
-        pytest.fail(f"MULTIFD_ZERO_REQUIRE_QEMU=1 but {reason}")
+        pytest.fail(f"MULTIFD_ZERO_REQUIRE_QEMU=1 but {reason}", pytrace=False)
     pytest.skip(reason)
 
 
@@ -292,6 +328,7 @@ def migrate(guest: Guest, uri: str, *, multifd_channels: int = 0) -> dict[str, A
             "migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}]
         )
         params["multifd-channels"] = multifd_channels
+        params["zero-page-detection"] = "multifd"  # QEMU 10's default, stated
     qmp.execute("migrate-set-parameters", **params)
     qmp.execute("migrate", uri=uri)
     deadline = time.monotonic() + 180
@@ -308,14 +345,13 @@ def migrate(guest: Guest, uri: str, *, multifd_channels: int = 0) -> dict[str, A
 
 
 def ram_blocks(qmp: QMP) -> dict[str, int]:
-    """``info ramblock``: block name -> used length."""
-    blocks = {}
-    for line in qmp.hmp("info ramblock").splitlines()[1:]:
-        fields = line.split()
-        if fields:
-            # Block Name, PSize ("4 KiB"), Offset, Used, Total
-            blocks[fields[0]] = int(fields[-2], 16)
-    return blocks
+    """``info ramblock``: block name -> used length.
+
+    Parsed by header name (``qemu_vm.parse_ramblock``): QEMU 10 added the ``HVA``
+    and ``RO`` columns after ``Total``, so "the next to last column" is a host
+    address there, not ``Used``.
+    """
+    return {name: block.used for name, block in parse_ramblock(qmp.hmp("info ramblock")).items()}
 
 
 # ------------------------------------------------------------- multifd sink
@@ -367,43 +403,161 @@ class Sink:
         assert not self.acceptor.is_alive()
         for thread in self.threads:
             thread.join(timeout=30)
+            assert not thread.is_alive(), "a connection was not closed: its bytes may be partial"
+
+
+@dataclass
+class RamSection:
+    """The RAM records of one savevm section of the main stream."""
+
+    kind: int  # QEMU_VM_SECTION_START, _PART or _END
+    zero: list[int] = field(default_factory=list)  # offsets of ZERO records
+    pages: list[tuple[int, int]] = field(default_factory=list)  # (offset, data position)
+    record_bytes: int = 0  # bytes of the ZERO and PAGE records
+    flushes: int = 0  # RAM_SAVE_FLAG_MULTIFD_FLUSH records
+    names: int = 0  # records that carried the block name (no CONTINUE)
+
+
+@dataclass
+class MainStream:
+    """The main migration stream, parsed: its RAM sections, in order."""
+
+    length: int
+    blocks: dict[str, int]  # the setup section's MEM_SIZE list: name -> used length
+    sections: list[RamSection]
+
+
+def parse_main_stream(stream: bytearray) -> MainStream:
+    """Parse QEMU's main stream up to the first device section after RAM's last one.
+
+    The framing is QEMU's ``migration/savevm.c`` (``save_section_header``,
+    ``save_section_footer``, ``qemu_savevm_command_send``); the RAM records are
+    ``migration/ram.c``'s (``ram_save_setup``, ``save_page_header``,
+    ``save_zero_page``, ``save_normal_page``, ``multifd_ram_flush_and_sync``).
+    A device section (``QEMU_VM_SECTION_FULL``) has no length, so parsing stops
+    there: with ``-machine none`` only ``timer`` and ``globalstate`` follow, then
+    ``QEMU_VM_EOF`` and the JSON vmdesc.
+    """
+    magic, version = struct.unpack_from(">II", stream, 0)
+    assert (magic, version) == (QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION)
+    pos = 8
+    ram_id: int | None = None
+    blocks: dict[str, int] = {}
+    sections: list[RamSection] = []
+
+    def u8() -> int:
+        nonlocal pos
+        pos += 1
+        return stream[pos - 1]
+
+    def be(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, stream, pos)
+        pos += struct.calcsize(fmt)
+        return int(value)
+
+    def name() -> str:
+        nonlocal pos
+        size = u8()
+        pos += size
+        return bytes(stream[pos - size : pos]).decode()
+
+    def ram_records(section: RamSection) -> None:
+        nonlocal pos
+        while True:
+            word = be(">Q")
+            flags, offset = word & (PAGE - 1), word & ~(PAGE - 1)
+            start = pos - 8
+            if flags & RAM_SAVE_FLAG_MEM_SIZE:
+                assert section.kind == QEMU_VM_SECTION_START and flags == RAM_SAVE_FLAG_MEM_SIZE
+                remaining = offset
+                while remaining:
+                    block = name()
+                    blocks[block] = be(">Q")
+                    remaining -= blocks[block]
+            elif flags & (RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_PAGE):
+                kind = flags & ~RAM_SAVE_FLAG_CONTINUE
+                assert kind in (RAM_SAVE_FLAG_ZERO, RAM_SAVE_FLAG_PAGE), hex(flags)
+                if not flags & RAM_SAVE_FLAG_CONTINUE:
+                    assert name() == BLOCK
+                    section.names += 1
+                if kind == RAM_SAVE_FLAG_ZERO:
+                    assert u8() == 0  # the fill byte
+                    section.zero.append(offset)
+                else:
+                    section.pages.append((offset, pos))
+                    pos += PAGE
+                section.record_bytes += pos - start
+            elif flags == RAM_SAVE_FLAG_MULTIFD_FLUSH:
+                section.flushes += 1
+            elif flags == RAM_SAVE_FLAG_EOS:
+                return
+            else:
+                raise AssertionError(f"unexpected RAM record {word:#x} at {start}")
+
+    while True:
+        kind = u8()
+        if kind == QEMU_VM_CONFIGURATION:  # vmstate "configuration": the machine name
+            size = be(">I")
+            pos += size
+        elif kind in (QEMU_VM_SECTION_START, QEMU_VM_SECTION_FULL):
+            section_id = be(">I")
+            idstr = name()
+            be(">I")  # instance id
+            be(">I")  # version id
+            if idstr != "ram":
+                assert kind == QEMU_VM_SECTION_FULL and ram_id is not None, idstr
+                assert sections[-1].kind == QEMU_VM_SECTION_END
+                break
+            assert kind == QEMU_VM_SECTION_START and ram_id is None
+            ram_id = section_id
+            sections.append(RamSection(kind))
+            ram_records(sections[-1])
+            assert (u8(), be(">I")) == (QEMU_VM_SECTION_FOOTER, ram_id)
+        elif kind in (QEMU_VM_SECTION_PART, QEMU_VM_SECTION_END):
+            assert be(">I") == ram_id, "only RAM is iterative here"
+            sections.append(RamSection(kind))
+            ram_records(sections[-1])
+            assert (u8(), be(">I")) == (QEMU_VM_SECTION_FOOTER, ram_id)
+        elif kind == QEMU_VM_COMMAND:
+            be(">H")  # the command
+            size = be(">H")  # its length
+            pos += size
+        else:
+            raise AssertionError(f"unexpected section type {kind:#x} at {pos - 1}")
+    assert QEMU_VM_EOF in stream[pos:], "no QEMU_VM_EOF after the device sections"
+    return MainStream(len(stream), blocks, sections)
 
 
 @dataclass
 class Packet:
-    channel: int
-    flags: int
-    pages_alloc: int
-    normal_pages: int
-    next_packet_size: int
-    packet_num: int
-    block: str
-    offsets: list[int]
+    channel: int  # the handshake's channel id
+    index: int  # position among the channel's packets
+    packet: RamPacket
     data_at: int  # index of the payload in the channel's stream
 
 
-def parse_multifd_channel(channel: int, stream: bytearray) -> list[Packet]:
-    """Parse a QEMU 7.2 multifd channel: the 64-byte handshake, then packets."""
-    magic, version = struct.unpack_from(">II", stream, 0)
-    assert (magic, version) == (MULTIFD_MAGIC, 1)
-    pos = INIT_LEN
+def parse_multifd_channel(stream: bytearray, size: int) -> tuple[bytes, int, list[Packet]]:
+    """Parse a QEMU 9.0+ multifd channel: the handshake, then packets; return uuid, id, packets.
+
+    Decoded and checked by the project's ``multifd_zero.wire`` (``decode_init``,
+    ``check_header``, ``decode_packet``): magic, version, flags (NOCOMP, no
+    device state), counts, the block name, offsets inside the block, reserved
+    fields zero and ``next_packet_size == normal_pages * page``.
+    """
+    init = decode_init(stream[:HANDSHAKE_SIZE])
+    view = memoryview(stream)
+    pos = HANDSHAKE_SIZE
     packets = []
     while pos < len(stream):
-        assert len(stream) - pos >= PACKET_LEN, "truncated packet"
-        magic, version, flags, alloc, normal, next_size, num = struct.unpack_from(
-            ">IIIIIIQ", stream, pos
+        check_header(view[pos:])
+        packet = decode_packet(
+            view[pos : pos + PACKET_LEN], page_count=BATCH, page_size=PAGE, blocks={BLOCK: size}
         )
-        assert (magic, version, alloc) == (MULTIFD_MAGIC, 1, 128)
-        name = bytes(stream[pos + 64 : pos + 320]).split(b"\0", 1)[0].decode()
-        offsets = list(struct.unpack_from(f">{normal}Q", stream, pos + 320))
-        # The payload is normal_pages pages. QEMU 7.2 leaves next_packet_size at its
-        # previous value in a SYNC packet without pages, but sends no data after it.
-        packets.append(
-            Packet(channel, flags, alloc, normal, next_size, num, name, offsets, pos + PACKET_LEN)
-        )
-        pos += PACKET_LEN + normal * PAGE
-    assert pos == len(stream), "trailing bytes after the last packet"
-    return packets
+        packets.append(Packet(init.id, len(packets), packet, pos + PACKET_LEN))
+        pos += PACKET_LEN + packet.next_packet_size
+    assert pos == len(stream), "a packet or its payload is cut short"
+    return init.uuid, init.id, packets
 
 
 # ---------------------------------------------------------------- the tests
@@ -411,16 +565,8 @@ def parse_multifd_channel(channel: int, stream: bytearray) -> list[Packet]:
 
 @pytest.fixture(scope="module")
 def qemu_version() -> str:
-    path = shutil.which(QEMU)
-    if path is None:
-        unavailable(
-            f"{QEMU} is not installed (Debian: apt-get install qemu-system-x86, "
-            "or run .ci/install-qemu.sh)"
-        )
-    proc = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        unavailable(f"{QEMU} --version failed: {proc.stderr.strip()}")
-    return proc.stdout.splitlines()[0]
+    """QEMU 10+'s path, or a skip with the reason (a failure with MULTIFD_ZERO_REQUIRE_QEMU=1)."""
+    return require_qemu(MIN_QEMU)
 
 
 @dataclass
@@ -468,105 +614,182 @@ def test_scan_counts_the_image(image: Image) -> None:
     assert 0.4 < r.zero_ratio < 0.8
 
 
-def test_qemu_precopy_counts_and_bytes(image: Image, workdir: Path) -> None:
-    """Plain precopy: duplicate/normal equal scan's counts; transferred is precopy + 4 + 8k."""
-    r = image.scan
-    with start_qemu(image.path, workdir) as guest:
-        check_guest(guest, image)
-        info = migrate(guest, "exec:cat > /dev/null")
-    ram = info["ram"]
-    assert ram["total"] == image.size  # every migratable RAM block: only the image
+def migrate_recorded(
+    img: Image, workdir: Path, *, multifd_channels: int = 0
+) -> tuple[dict[str, Any], list[bytearray]]:
+    """Migrate ``img`` to a Unix socket of this test; return ``query-migrate`` and every stream."""
+    sink = Sink(workdir / "migrate.sock")
+    try:
+        with start_qemu(img.path, workdir) as guest:
+            check_guest(guest, img)
+            info = migrate(guest, f"unix:{sink.path}", multifd_channels=multifd_channels)
+    finally:
+        sink.close()  # after QEMU quit: every connection closed and drained
+    ram: dict[str, Any] = info["ram"]
+    assert ram["total"] == img.size  # every migratable RAM block: only the image
     assert ram["page-size"] == PAGE
+    return ram, sink.streams
+
+
+def ram_transferred_add_sum(ram: dict[str, Any]) -> int:
+    """What ``ram_transferred_add`` (``migration/ram.c``) counted: QEMU 7.2's ``transferred``.
+
+    QEMU 10 files each addition under ``precopy_bytes``, ``downtime_bytes`` or
+    ``postcopy_bytes`` by run state (the guest is stopped here: downtime).
+    """
+    return int(ram["precopy-bytes"] + ram["downtime-bytes"] + ram["postcopy-bytes"])
+
+
+def test_qemu_precopy_counts_and_bytes(image: Image, workdir: Path) -> None:
+    """Plain precopy: counts equal scan's; transferred is the main stream's every byte."""
+    r = image.scan
+    ram, streams = migrate_recorded(image, workdir)
     assert ram["duplicate"] == r.zero_pages
     assert ram["normal"] == r.normal_pages
     assert ram["normal-bytes"] == r.normal_pages * PAGE
     assert ram["multifd-bytes"] == 0
-    extra = ram["transferred"] - r.wire_bytes["precopy"] - (1 + len(BLOCK))
-    assert extra >= 8 and extra % 8 == 0, (ram, r.wire_bytes)  # k >= 1 EOS markers
-    assert extra <= 8 * 1000, "more iterations than a stopped guest can need"
+    assert len(streams) == 1
+    main = parse_main_stream(streams[0])
+    # QEMU 10: query-migrate's ram.transferred is migration_transferred_bytes()
+    # (migration/migration-stats.c; populate_ram_info in migration/migration.c):
+    # qemu_file_transferred() of the main stream, every byte put on it (header,
+    # configuration, section framing, block list, device state, vmdesc), plus
+    # multifd_bytes. QEMU 7.2 counted the RAM records only.
+    assert ram["transferred"] == main.length + ram["multifd-bytes"]
+    assert main.blocks == {BLOCK: image.size}
+
+    # The RAM records on the wire: each page once, zero pages as 9-byte records.
+    setup, *rounds = main.sections
+    assert setup.kind == QEMU_VM_SECTION_START and not (setup.zero or setup.pages)
+    assert rounds and rounds[-1].kind == QEMU_VM_SECTION_END
+    assert all(s.kind == QEMU_VM_SECTION_PART for s in rounds[:-1])
+    assert all(s.flushes == 0 for s in main.sections)  # no multifd
+    zero = [o for s in rounds for o in s.zero]
+    pages = [p for s in rounds for p in s.pages]
+    zero_offsets = {int(i) * PAGE for i in np.flatnonzero(image.zero_mask)}
+    assert len(zero) == len(set(zero)) == r.zero_pages and set(zero) == zero_offsets
+    assert len(pages) == len({o for o, _ in pages}) == r.normal_pages
+    mapped = np.memmap(image.path, dtype=np.uint8, mode="r").reshape(-1, PAGE)
+    wire = np.frombuffer(streams[0], dtype=np.uint8)
+    for offset, at in pages:
+        assert np.array_equal(wire[at : at + PAGE], mapped[offset // PAGE]), offset
+    del mapped, wire
+    assert sum(s.names for s in main.sections) == 1  # the block name with the first page only
+    record_bytes = sum(s.record_bytes for s in main.sections)
+    assert record_bytes == r.wire_bytes["precopy"] + (1 + len(BLOCK))
+
+    # ram_transferred_add: the page records and the EOS of every iteration
+    # (save_zero_page, save_normal_page, ram_save_iterate in migration/ram.c),
+    # not the setup's or the completion's EOS (ram_save_setup, ram_save_complete).
+    # The same figure as QEMU 7.2's transferred: scan's precopy + 4 + 8k, k >= 1.
+    k = sum(1 for s in rounds if s.kind == QEMU_VM_SECTION_PART)
+    assert k >= 1
+    assert ram_transferred_add_sum(ram) == r.wire_bytes["precopy"] + (1 + len(BLOCK)) + 8 * k
+    assert k <= 1000, "more iterations than a stopped guest can need"
     assert hashlib.sha256(image.path.read_bytes()).hexdigest() == image.sha256
 
 
 def test_qemu_multifd_counts_and_stream(image: Image, workdir: Path) -> None:
-    """multifd, 2 channels: counts equal scan's; every byte on the channels accounted for."""
+    """multifd, 2 channels: counts equal scan's; every page, packet and byte accounted for."""
     r = image.scan
     channels = 2
-    sink = Sink(workdir / "migrate.sock")
-    try:
-        with start_qemu(image.path, workdir) as guest:
-            check_guest(guest, image)
-            info = migrate(guest, f"unix:{sink.path}", multifd_channels=channels)
-    finally:
-        sink.close()
-    ram = info["ram"]
-    assert ram["total"] == image.size
+    ram, streams = migrate_recorded(image, workdir, multifd_channels=channels)
+    # With zero-page-detection=multifd the sender threads count the pages
+    # (multifd_send_zero_page_detect in migration/multifd-zero-page.c).
     assert ram["duplicate"] == r.zero_pages
     assert ram["normal"] == r.normal_pages
 
-    mains = [s for s in sink.streams if struct.unpack_from(">I", s, 0)[0] == QEMU_VM_FILE_MAGIC]
-    multifd = [s for s in sink.streams if struct.unpack_from(">I", s, 0)[0] == MULTIFD_MAGIC]
-    assert len(mains) == 1 and len(multifd) == channels, [bytes(s[:8]) for s in sink.streams]
-    packets = [p for i, s in enumerate(multifd) for p in parse_multifd_channel(i, s)]
-    packets.sort(key=lambda p: (p.packet_num, -p.normal_pages))
+    # The main channel connects first; the multifd channels follow in any order.
+    assert len(streams) == 1 + channels
+    assert struct.unpack_from(">I", streams[0], 0)[0] == QEMU_VM_FILE_MAGIC
+    channel_streams = streams[1:]
+    assert all(struct.unpack_from(">I", s, 0)[0] == MULTIFD_MAGIC for s in channel_streams)
+    parsed = [parse_multifd_channel(s, image.size) for s in channel_streams]
+    assert sorted(ch for _, ch, _ in parsed) == list(range(channels))
+    assert len({uuid for uuid, _, _ in parsed}) == 1  # one migration
+    by_channel = {
+        ch: (stream, packets)
+        for stream, (_, ch, packets) in zip(channel_streams, parsed, strict=True)
+    }
 
-    # Every byte the channels carried is in multifd-bytes (plus the handshakes).
-    assert ram["multifd-bytes"] == sum(PACKET_LEN + p.normal_pages * PAGE for p in packets)
-    assert sum(len(s) for s in multifd) == ram["multifd-bytes"] + INIT_LEN * channels
+    # Every byte the channels carried is in multifd-bytes, the handshakes too
+    # (QEMU 10 adds the MultiFDInit_t to mig_stats.multifd_bytes).
+    all_packets = [p for _, packets in by_channel.values() for p in packets]
+    assert ram["multifd-bytes"] == sum(len(s) for s in channel_streams)
+    assert ram["multifd-bytes"] == HANDSHAKE_SIZE * channels + sum(
+        PACKET_LEN + p.packet.next_packet_size for p in all_packets
+    )
 
-    # One SYNC job per channel at setup, after each iteration and at completion.
-    # QEMU 7.2 races here too: multifd_send_sync_main can overwrite the number and
-    # flags of a data packet still waiting for its channel, so that packet goes out
-    # with the SYNC flag and the sync's number, and the empty packet after it with
-    # neither. The numbers are then not all distinct, but the flags and the empty
-    # packets still add up.
-    data = [p for p in packets if p.normal_pages]
-    empty = [p for p in packets if not p.normal_pages]
-    assert all(p.flags in (0, FLAG_SYNC) for p in packets)
-    assert sum(1 for p in packets if p.flags & FLAG_SYNC) == len(empty)
-    assert len(empty) % channels == 0 and len(empty) >= 2 * channels
-    assert all(p.block == BLOCK for p in data)
+    # The main stream: no page records (zero pages travel as offsets in the
+    # packets), one MULTIFD_FLUSH in the setup section and one per round
+    # (multifd_ram_flush_and_sync in migration/multifd-nocomp.c, called from
+    # ram_save_setup and find_dirty_block in migration/ram.c).
+    main = parse_main_stream(streams[0])
+    assert main.blocks == {BLOCK: image.size}
+    assert ram["transferred"] == main.length + ram["multifd-bytes"]
+    assert all(not (s.zero or s.pages) for s in main.sections)
+    assert main.sections[0].kind == QEMU_VM_SECTION_START and main.sections[0].flushes == 1
+    flushes = sum(s.flushes for s in main.sections)
+    # One more at the end of every round (find_dirty_block wrapping around the
+    # block list). Not one per dirty sync: a sync that finds nothing dirty
+    # starts no round, so QEMU 10 sends 2 flushes with dirty-sync-count 2 or 3.
+    assert 2 <= flushes <= 1 + ram["dirty-sync-count"]
+    parts = sum(1 for s in main.sections if s.kind == QEMU_VM_SECTION_PART)
+    assert ram_transferred_add_sum(ram) == 8 * parts  # ram_save_iterate's EOS markers
 
-    # Pages on the wire: the image's normal pages, each with its data, some twice.
+    # Each flush is preceded on every channel by one SYNC packet, which carries no page.
     mapped = np.memmap(image.path, dtype=np.uint8, mode="r").reshape(-1, PAGE)
-    streams = {i: s for i, s in enumerate(multifd)}
-    sent: Counter[int] = Counter()
-    for p in data:
-        payload = np.frombuffer(
-            streams[p.channel], dtype=np.uint8, count=p.normal_pages * PAGE, offset=p.data_at
-        ).reshape(-1, PAGE)
-        pages = np.array(p.offsets, dtype=np.int64) // PAGE
-        assert all(o % PAGE == 0 for o in p.offsets)
-        assert np.array_equal(payload, mapped[pages]), f"packet {p.packet_num}: data differ"
-        sent.update(p.offsets)
+    zero_offsets = {int(i) * PAGE for i in np.flatnonzero(image.zero_mask)}
+    arrived: Counter[int] = Counter()
+    normal_total = zero_total = 0
+    batches: list[RamPacket] = []
+    for stream, packets in by_channel.values():
+        syncs = [p.index for p in packets if p.packet.sync]
+        assert len(syncs) == flushes
+        assert all(p.packet.flags in (0, MULTIFD_FLAG_SYNC) for p in packets)
+        assert all(
+            not (p.packet.normal_pages or p.packet.zero_pages) for p in packets if p.packet.sync
+        )
+        # Round 1 lies between the setup SYNC and the next one: every page is
+        # sent there, and nothing after it (the guest is stopped).
+        data = [p for p in packets if p.packet.normal_pages + p.packet.zero_pages]
+        assert all(syncs[0] < p.index < syncs[1] for p in data)
+        wire = np.frombuffer(stream, dtype=np.uint8)
+        for p in data:
+            pkt = p.packet
+            assert pkt.pages_alloc == BATCH and pkt.ramblock == BLOCK
+            payload = wire[p.data_at : p.data_at + pkt.next_packet_size].reshape(-1, PAGE)
+            normal = pkt.normal.astype(np.int64) // PAGE
+            assert np.array_equal(payload, mapped[normal]), f"packet {pkt.packet_num}: data differ"
+            assert zero_offsets.issuperset(int(o) for o in pkt.zero)
+            assert not zero_offsets.intersection(int(o) for o in pkt.normal)
+            arrived.update(int(o) for o in pkt.offsets)
+            normal_total += pkt.normal_pages
+            zero_total += pkt.zero_pages
+            batches.append(pkt)
+    assert len({p.packet.packet_num for p in all_packets}) == len(all_packets)
+
+    # Every page of guest RAM exactly once, as a normal or a zero page.
+    assert arrived == Counter(range(0, image.size, PAGE))
+    assert (normal_total, zero_total) == (ram["normal"], ram["duplicate"])
+    # QEMU queues the dirty pages in address order, 128 to a batch
+    # (multifd_queue_page): the batches are the block's consecutive 128-page runs.
+    batches.sort(key=lambda pkt: int(pkt.offsets.min()))
+    assert len(batches) == math.ceil(IMAGE_PAGES / BATCH)
+    for i, pkt in enumerate(batches):
+        queued = np.arange(i * BATCH, min((i + 1) * BATCH, IMAGE_PAGES), dtype=np.uint64) * PAGE
+        assert np.array_equal(np.sort(pkt.offsets), queued)
+        # The sender thread's two-pointer pass (multifd_send_zero_page_detect):
+        # the packet's order is partition_zero_pages' on the queued order.
+        expected = queued.copy()
+        assert multifd_zero.partition_zero_pages(mapped, expected, PAGE) == pkt.normal_pages
+        assert np.array_equal(pkt.offsets, expected), f"batch {i}: not QEMU's order"
     del mapped
-    normal_offsets = {int(i) * PAGE for i in np.flatnonzero(~image.zero_mask)}
-    assert set(sent) == normal_offsets  # no zero page on the channels, no normal page missing
 
-    # The QEMU 7.2 requeue race: a resent page is the last page of a full batch and
-    # the first page of the batch queued right after it.
-    resent = {o: c for o, c in sent.items() if c > 1}
-    assert all(c == 2 for c in resent.values())
-    for earlier, later in itertools.pairwise(data):
-        if earlier.offsets[-1] == later.offsets[0]:
-            assert earlier.normal_pages == 128
-            assert resent.pop(earlier.offsets[-1]) == 2
-    assert resent == {}, "a page was sent twice outside the requeue pattern"
-    on_wire = sum(sent.values())
-    assert on_wire - r.normal_pages == sum(c - 1 for c in sent.values() if c > 1)
-    assert len(data) >= math.ceil(on_wire / 128)
-
-    # The main stream: 9 bytes per zero page, the block name once, k EOS markers.
-    main_ram = ram["transferred"] - ram["multifd-bytes"]
-    extra = main_ram - 9 * r.zero_pages - (1 + len(BLOCK))
-    assert extra >= 8 and extra % 8 == 0, ram
-    # So QEMU's total is scan's "legacy" figure plus exactly these overheads.
-    assert ram["transferred"] == (
-        r.wire_bytes["legacy"]
-        + PACKET_LEN * (len(data) - math.ceil(r.normal_pages / 128))
-        + PACKET_LEN * len(empty)
-        + PAGE * (on_wire - r.normal_pages)
-        + (1 + len(BLOCK))
-        + extra
+    # So multifd-bytes is scan's "multifd" figure plus the handshakes and one
+    # packet without pages per channel per sync.
+    assert ram["multifd-bytes"] == (
+        r.wire_bytes["multifd"] + HANDSHAKE_SIZE * channels + PACKET_LEN * channels * flushes
     )
 
 
@@ -595,8 +818,14 @@ def test_partial_last_page_is_padded_like_qemu(image: Image, workdir: Path) -> N
     )
     assert proc.returncode != 0
     rounded = math.ceil(size / PAGE) * PAGE
+    # QEMU 7.2: "backing store size X does not match 'size' option Y"; QEMU 10
+    # (backends/hostmem-file.c, file_backend_memory_alloc -> qemu_ram_alloc_from_fd
+    # in system/physmem.c): "backing store size X is too small for 'size' option Y
+    # plus 'offset' option Z".
     match = re.search(
-        r"backing store size (0x[0-9a-f]+) does not match 'size' option (0x[0-9a-f]+)", proc.stderr
+        r"backing store size (0x[0-9a-f]+) (?:does not match|is too small for) "
+        r"'size' option (0x[0-9a-f]+)",
+        proc.stderr,
     )
     assert match, proc.stderr
     assert (int(match[1], 16), int(match[2], 16)) == (size, rounded)
