@@ -12,6 +12,10 @@ from .stats import MigrationStats
 
 def check_common(options: object, stats: object, in_postcopy: object) -> None:
     """The arguments every source-side call takes."""
+    if type(options) is MigrationOptions and type(stats) is MigrationStats and (
+        in_postcopy is False or in_postcopy is True
+    ):
+        return  # the usual case, on the hot path: no call per argument
     check_type("options", options, MigrationOptions)
     check_type("stats", stats, MigrationStats)
     check_bool("in_postcopy", in_postcopy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _kernels
-from ._checks import OffsetArray, as_offsets, check_int, check_offsets
+from ._checks import OffsetArray, as_offsets, check_int, check_offsets, check_type
 from .ramblock import RAMBlock
 
 __all__ = ["MULTIFD_PACKET_SIZE", "MultiFDPages", "multifd_ram_page_count"]
@@ -57,10 +57,11 @@ class MultiFDPages:
     """
 
     def __init__(self, block: RAMBlock, offsets: Any, *, page_count: int | None = None) -> None:
-        if not isinstance(block, RAMBlock):
-            raise TypeError(f"block must be a RAMBlock, not {type(block).__name__}")
-        capacity = multifd_ram_page_count(block.page_size) if page_count is None else page_count
-        capacity = check_int("page_count", capacity, 1)
+        check_type("block", block, RAMBlock)
+        if page_count is None:
+            capacity = multifd_ram_page_count(block.page_size)
+        else:
+            capacity = check_int("page_count", page_count, 1)
         offs = as_offsets(offsets)
         if offs.size > capacity:
             raise ValueError(f"{offs.size} offsets do not fit a batch of page_count={capacity}")
