@@ -2,8 +2,13 @@
 
 Bad arguments raise the built-in ``TypeError`` and ``ValueError``. Bad data
 from a peer (a multifd packet, a channel handshake, a main-stream record)
-raises a subclass of :class:`PacketError`, itself a ``ValueError``. A
-migration that fails for another reason raises :class:`MigrationError`.
+raises a subclass of :class:`PacketError`, itself a ``ValueError``; an error
+in the main stream is a :class:`StreamError`, which gives the byte offset and
+also derives from the matching packet error (:class:`StreamMagicError` is a
+:class:`MagicError`, and so on). A migration that fails for another reason
+raises :class:`MigrationError`; a snapshot folder that cannot be used,
+:class:`SnapshotError`; a migration URI that is not ``tcp:`` or ``unix:``,
+:class:`UriError`.
 
 This module imports nothing from the package, so any layer may use it.
 """
@@ -22,7 +27,19 @@ __all__ = [
     "PacketError",
     "ReservedError",
     "SizeError",
+    "SnapshotError",
+    "StreamBlockError",
+    "StreamError",
+    "StreamFlagsError",
+    "StreamMagicError",
+    "StreamOffsetError",
+    "StreamSectionError",
+    "StreamSizeError",
+    "StreamTruncatedError",
+    "StreamVersionError",
     "TruncatedError",
+    "UnsupportedStreamError",
+    "UriError",
     "VersionError",
 ]
 
@@ -73,6 +90,74 @@ class TruncatedError(PacketError):
 
 class HandshakeError(PacketError):
     """A channel handshake for another migration, or a bad or repeated channel id."""
+
+
+class StreamError(PacketError):
+    """Bad or unsupported data in a QEMU migration main stream (QEMU's ``migration/savevm.c``).
+
+    Parameters
+    ----------
+    message : str
+        What is wrong.
+    offset : int
+        Byte offset in the main stream of the record or field at fault.
+
+    Attributes
+    ----------
+    offset : int
+    """
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(f"main stream, byte {offset}: {message}")
+        self.offset = offset
+        self.reason = message
+
+    def __reduce__(self) -> tuple[type[StreamError], tuple[str, int]]:
+        return (type(self), (self.reason, self.offset))
+
+
+class StreamMagicError(StreamError, MagicError):
+    """The stream does not start with ``QEVM``."""
+
+
+class StreamVersionError(StreamError, VersionError):
+    """A stream version other than 3 (or a RAM section version other than 4)."""
+
+
+class StreamTruncatedError(StreamError, TruncatedError):
+    """The stream ended inside a record, a section or before ``QEMU_VM_EOF``."""
+
+
+class StreamFlagsError(StreamError, FlagsError):
+    """Unknown RAM record flags, an unknown section type or command, a bad fill byte."""
+
+
+class StreamBlockError(StreamError, BlockError):
+    """A block list (``MEM_SIZE``) that is malformed or disagrees with the pages."""
+
+
+class StreamOffsetError(StreamError, OffsetError):
+    """A page past the end of its block."""
+
+
+class StreamSizeError(StreamError, SizeError):
+    """A length out of range: past 2**63, not page-aligned, past a limit."""
+
+
+class StreamSectionError(StreamError):
+    """Bad section structure: missing configuration, wrong footer, unknown section id."""
+
+
+class UnsupportedStreamError(StreamError):
+    """Valid QEMU data this library does not handle (postcopy, XBZRLE, mapped-ram...)."""
+
+
+class SnapshotError(ValueError):
+    """A snapshot directory that is missing, incomplete or inconsistent."""
+
+
+class UriError(ValueError):
+    """A migration URI other than ``tcp:HOST:PORT`` or ``unix:PATH``."""
 
 
 class MigrationError(RuntimeError):

@@ -2,7 +2,11 @@
 
 - :mod:`multifd_zero.wire.multifd`: the multifd RAM packet and the channel
   handshake (QEMU's ``migration/multifd.h``), byte for byte.
-- :mod:`multifd_zero.wire.ramstream`: the main channel's RAM records.
+- :mod:`multifd_zero.wire.savevm`: QEMU 10's precopy main stream, whole
+  (``migration/savevm.c`` and the RAM records of ``migration/ram.c``): an
+  incremental reader and a writer;
+- :mod:`multifd_zero.wire.ramstream`: the engine's older subset of the main
+  channel's RAM records.
 
 The names of :mod:`multifd_zero.wire.multifd` are re-exported here, with the
 errors a decoder raises (from :mod:`multifd_zero.errors`) and
