@@ -44,6 +44,25 @@ def positive(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def channel_count(text: str) -> int:
+    """QEMU's ``multifd-channels``, or 0 for multifd off: 0 to 255."""
+    value = int(text, 0)
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"must be from 0 (multifd off) to 255, got {text}")
+    return value
+
+
 def add_migration_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add QEMU's migration parameters that the commands share."""
     parser.add_argument(

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from .. import _kernels
 from .._version import __version__
-from . import bench, demo, info, migrate, scan
+from . import bench, demo, info, migrate, restore, save, scan
 
-_COMMANDS = (demo, migrate, scan, bench, info)
+_COMMANDS = (save, restore, demo, migrate, scan, bench, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,19 +30,12 @@ from ..guest import dirty_rounds, make_guest_ram
 from ..migration.engine import MigrationResult, migrate
 from ..migration.transport import TRANSPORTS
 from ..ramblock import RAMBlock
-from ._argtypes import MIB, add_migration_options, migration_options, verify_line
+from ._argtypes import MIB, add_migration_options, migration_options, seconds, verify_line
 from ._argtypes import page_size as _page_size
 from ._argtypes import positive as _positive
 from ._argtypes import ratio as _ratio
 
 __all__ = ["register", "run"]
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -81,7 +74,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--dirty-ratio", type=_ratio, default=0.05, help="share of pages dirtied per round"
     )
     mig.add_argument(
-        "--timeout", type=_seconds, default=60.0, help="seconds without progress before giving up"
+        "--timeout", type=seconds, default=60.0, help="seconds without progress before giving up"
     )
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,0 +1,238 @@
+"""Where a snapshot's migration connects: QEMU's ``tcp:`` and ``unix:`` URIs, and their sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import UriError
+from ..wire import (
+    TruncatedError,
+)
+
+MAX_CHANNELS = 255
+
+
+Progress = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)``: guest RAM bytes handled so far, of the total."""
+
+
+POLL = 0.05
+
+
+U32 = 0xFFFFFFFF
+
+
+def parse_uri(uri: str) -> tuple[str, Any]:
+    """Parse a QEMU migration URI: ``tcp:HOST:PORT`` or ``unix:PATH``.
+
+    Returns
+    -------
+    ("tcp", (host, port)) or ("unix", path)
+        An empty HOST means the loopback address ``127.0.0.1``; ``[v6]`` hosts
+        lose their brackets.
+
+    Raises
+    ------
+    UriError
+        Any other scheme, a missing or bad port, an empty path.
+
+    Examples
+    --------
+    >>> parse_uri("tcp::4444"), parse_uri("unix:/tmp/m.sock")
+    (('tcp', ('127.0.0.1', 4444)), ('unix', '/tmp/m.sock'))
+    """
+    if not isinstance(uri, str):
+        raise UriError(f"a URI must be a string, not {type(uri).__name__}")
+    if uri.startswith("unix:"):
+        path = uri[5:]
+        if not path:
+            raise UriError(f"{uri!r}: empty socket path")
+        return ("unix", path)
+    if uri.startswith("tcp:"):
+        rest = uri[4:]
+        host, sep, port_text = rest.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise UriError(f"{uri!r}: expected tcp:HOST:PORT")
+        port = int(port_text)
+        if port > 65535:
+            raise UriError(f"{uri!r}: port {port} out of range")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        return ("tcp", (host or "127.0.0.1", port))
+    raise UriError(f"unsupported migration URI {uri!r} (use tcp:HOST:PORT or unix:PATH)")
+
+
+def _format_uri(kind: str, address: Any) -> str:
+    if kind == "unix":
+        return f"unix:{address}"
+    host, port = address[0], address[1]
+    return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
+
+
+class Conn:
+    """A socket with ``recv_into``, exact reads and gather sends, counting bytes."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        sock.settimeout(timeout)
+        self.sock = sock
+        self.bytes = 0
+
+    def recv_into(self, view: memoryview, /) -> int:
+        count = self.sock.recv_into(view)
+        self.bytes += count
+        return count
+
+    def recv_exact(self, view: memoryview, what: str, *, eof_ok: bool = False) -> bool:
+        got = 0
+        size = len(view)
+        while got < size:
+            count = self.recv_into(view[got:])
+            if count == 0:
+                if got == 0 and eof_ok:
+                    return False
+                raise TruncatedError(f"the channel ended after {got} of {size} bytes of {what}")
+            got += count
+        return True
+
+    def send(self, parts: Sequence[Any]) -> None:
+        views = [memoryview(p).cast("B") for p in parts]
+        views = [v for v in views if v.nbytes]
+        while views:
+            sent = self.sock.sendmsg(views[:64])
+            self.bytes += sent
+            while sent:
+                if sent >= views[0].nbytes:
+                    sent -= views[0].nbytes
+                    views.pop(0)
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+
+    def peek(self, count: int, deadline: float) -> bytes:
+        """Return the first ``count`` bytes without consuming them (fewer at end of stream)."""
+        while True:
+            data = self.sock.recv(count, socket.MSG_PEEK)
+            if len(data) >= count or not data:
+                return data
+            if time.monotonic() > deadline:
+                raise TimeoutError("a channel sent too little to be identified")
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def listen_uri(uri: str) -> tuple[socket.socket, str, str | None]:
+    kind, address = parse_uri(uri)
+    if kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(MAX_CHANNELS + 1)
+        return sock, _format_uri("unix", address), str(address)
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(MAX_CHANNELS + 1)
+    bound = sock.getsockname()
+    return sock, _format_uri("tcp", (host, bound[1])), None
+
+
+def connect_uri(uri: str, timeout: float) -> socket.socket:
+    kind, address = parse_uri(uri)
+    deadline = time.monotonic() + min(timeout, 10.0)
+    while True:
+        if kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+            continue
+        except OSError:
+            sock.close()
+            raise
+        if kind == "tcp":
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def check_channels(channels: int) -> None:
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise TypeError(f"channels must be an int, not {type(channels).__name__}")
+    if not 0 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"channels must be 0 to {MAX_CHANNELS}, got {channels}")
+
+
+class Failure:
+    """The first error of any thread; later ones are dropped."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    def set(self, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+        self.event.set()
+
+    def wait_sem(self, sem: threading.Semaphore, deadline_s: float, what: str) -> None:
+        """Acquire ``sem`` unless the run fails or ``deadline_s`` seconds pass."""
+        deadline = time.monotonic() + deadline_s
+        while not sem.acquire(timeout=POLL):
+            if self.event.is_set():
+                raise AbortedError()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {deadline_s} s")
+
+    def wait_event(self, event: threading.Event, deadline_s: float, what: str) -> None:
+        deadline = time.monotonic() + deadline_s
+        while not event.wait(POLL):
+            if self.event.is_set():
+                raise AbortedError()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {deadline_s} s")
+
+
+class AbortedError(Exception):
+    """Another thread failed; this one stops quietly."""
+
+
+class Counts:
+    """Per-block page counters of one thread (merged at the end, no lock needed)."""
+
+    def __init__(self) -> None:
+        self.normal: dict[str, int] = {}
+        self.duplicate: dict[str, int] = {}
+
+    def add(self, idstr: str, normal: int, duplicate: int) -> None:
+        if normal:
+            self.normal[idstr] = self.normal.get(idstr, 0) + normal
+        if duplicate:
+            self.duplicate[idstr] = self.duplicate.get(idstr, 0) + duplicate
