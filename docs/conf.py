@@ -78,6 +78,8 @@ from multifd_zero.migration.transport import *
 from multifd_zero.migration.source import *
 from multifd_zero.migration.destination import *
 from multifd_zero.migration.shm import *
+from multifd_zero.snapshot import *
+from multifd_zero.wire.savevm import *
 """
 doctest_test_doctest_blocks = "default"
 

@@ -35,9 +35,8 @@ clear error); machine types 7.2 and older (``multifd-flush-after-each-section``)
 are not handled; guest RAM is held in anonymous memory until the stream has
 ended (only the pages received are allocated).
 
-Modules: :mod:`~multifd_zero.snapshot.connections` (URIs and sockets),
-:mod:`~multifd_zero.snapshot.manifest` (the folder's format),
-:mod:`~multifd_zero.snapshot.save`, :mod:`~multifd_zero.snapshot.restore`.
+Modules: ``connections`` (URIs and sockets), ``manifest`` (the folder's
+format), ``save`` and ``restore``.
 """
 
 from __future__ import annotations

@@ -32,13 +32,13 @@ def parse_uri(uri: str) -> tuple[str, Any]:
 
     Returns
     -------
-    ("tcp", (host, port)) or ("unix", path)
-        An empty HOST means the loopback address ``127.0.0.1``; ``[v6]`` hosts
+    tuple
+        ``("tcp", (host, port))`` or ``("unix", path)``. An empty HOST means the loopback address ``127.0.0.1``; ``[v6]`` hosts
         lose their brackets.
 
     Raises
     ------
-    UriError
+    ~multifd_zero.errors.UriError
         Any other scheme, a missing or bad port, an empty path.
 
     Examples

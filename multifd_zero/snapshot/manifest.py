@@ -93,9 +93,9 @@ class Manifest:
     Attributes
     ----------
     format : str
-        :data:`FORMAT`.
+        :data:`~multifd_zero.snapshot.FORMAT`.
     version : int
-        :data:`FORMAT_VERSION`.
+        :data:`~multifd_zero.snapshot.FORMAT_VERSION`.
     machine_type : str
         From the configuration section, e.g. ``pc-i440fx-10.0``.
     configuration : bytes

@@ -289,7 +289,7 @@ def restore(
         The destination's ``multifd-channels``; 0 when its multifd capability is off.
     zero_page_detection : {"multifd", "legacy", "none"}
         How the pages are announced, as a QEMU source with that parameter does.
-    uuid : bytes, default 16 zero bytes
+    uuid : bytes, default ``bytes(16)``
         The multifd handshakes' uuid: the destination's ``-uuid`` (zero without one).
     timeout : float, default 60.0
         Seconds any single send or connection may block.

@@ -350,7 +350,7 @@ Event = (
 
 
 class StreamReader:
-    """Reads a QEMU 10 precopy main stream, yielding :data:`Event` objects as they arrive.
+    """Reads a QEMU 10 precopy main stream, yielding its records as events as they arrive.
 
     Input is buffered (1 MiB reads), so that a 9-byte ``ZERO`` record costs
     no system call; runs of ``ZERO`` or ``PAGE`` records of one block that are
@@ -365,8 +365,8 @@ class StreamReader:
     magic_read : bool, default False
         True when the caller already consumed the four ``QEVM`` bytes (to
         tell the main channel from multifd channels).
-    max_device_state : int, default 256 MiB
-        Largest device-state tail accepted.
+    max_device_state : int, optional
+        Largest device-state tail accepted (default 256 MiB).
 
     Attributes
     ----------
