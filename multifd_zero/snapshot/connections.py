@@ -33,8 +33,8 @@ def parse_uri(uri: str) -> tuple[str, Any]:
     Returns
     -------
     tuple
-        ``("tcp", (host, port))`` or ``("unix", path)``. An empty HOST means the loopback address ``127.0.0.1``; ``[v6]`` hosts
-        lose their brackets.
+        ``("tcp", (host, port))`` or ``("unix", path)``. An empty HOST means
+        the loopback address ``127.0.0.1``; ``[v6]`` hosts lose their brackets.
 
     Raises
     ------

@@ -499,6 +499,21 @@ class QemuVM:
         except QMPError as exc:
             raise QemuError(f"{command} {arguments}: {exc}") from exc
 
+    def release_qmp(self) -> None:
+        """Disconnect from QMP, so that another client (the CLI's ``--qmp``) can connect.
+
+        QEMU serves one QMP client at a time; :meth:`reconnect_qmp` connects again.
+        """
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                self._qmp.close()
+            self._qmp = None
+
+    def reconnect_qmp(self, timeout: float = 30.0) -> None:
+        """Connect to QMP again after :meth:`release_qmp`."""
+        if self._qmp is None:
+            self._qmp = self._connect(time.monotonic() + timeout)
+
     def hmp(self, command_line: str) -> str:
         """Run an HMP command through QMP; return its output."""
         return str(self.cmd("human-monitor-command", **{"command-line": command_line}))
