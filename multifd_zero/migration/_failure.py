@@ -47,6 +47,15 @@ class Failure:
         if self.event.is_set():
             raise MigrationAbortedError("the migration failed elsewhere") from self.error
 
+    def wait_event(self, event: threading.Event, timeout: float, what: str) -> None:
+        """Wait until ``event`` is set, within ``timeout`` seconds, giving up if the side fails."""
+        deadline = time.monotonic() + timeout
+        while not event.wait(POLL):  # bounded by the deadline
+            self.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout} s for {what}")
+        self.check()
+
     def wait(self, acquire: threading.Semaphore, timeout: float, what: str) -> None:
         """Acquire ``acquire`` within ``timeout`` seconds, giving up if the side fails."""
         deadline = time.monotonic() + timeout

@@ -59,6 +59,7 @@ DEFAULT_TIMEOUT = 60.0
 """Seconds any single send, receive, accept or connect may block."""
 
 _PIPE_CAPACITY = 4 * 1024 * 1024
+_IOV_MAX = 64  # buffers per sendmsg call; the system's limit is 1024 on Linux
 _ACCEPT_BACKLOG = 64
 
 
@@ -374,7 +375,7 @@ class SocketChannel(Channel):
         views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
         total = sum(v.nbytes for v in views)
         while views:  # each pass sends at least one byte or raises
-            sent = self._sock.sendmsg(views)
+            sent = self._sock.sendmsg(views[:_IOV_MAX])
             while sent:
                 head = views[0]
                 if sent >= head.nbytes:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from .._checks import check_int
 from ..errors import UriError
-from ..wire import (
-    TruncatedError,
-)
+from ..migration.transport import SocketChannel
 
 MAX_CHANNELS = 255
 
 
 Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)``: guest RAM bytes handled so far, of the total."""
-
-
-POLL = 0.05
 
 
 U32 = 0xFFFFFFFF
@@ -74,60 +68,24 @@ def _format_uri(kind: str, address: Any) -> str:
     return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
 
 
-class Conn:
-    """A socket with ``recv_into``, exact reads and gather sends, counting bytes."""
+def peek(channel: SocketChannel, count: int, deadline: float) -> bytes:
+    """The first ``count`` bytes of ``channel``, left unread (fewer at the end of the stream).
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        sock.settimeout(timeout)
-        self.sock = sock
-        self.bytes = 0
+    How a destination tells the main channel (``QEVM``) from a multifd one,
+    as ``migration_ioc_process_incoming`` (``migration/migration.c``) does.
+    """
+    while True:  # bounded by the deadline
+        data = channel.socket.recv(count, socket.MSG_PEEK)
+        if len(data) >= count or not data:
+            return data
+        if time.monotonic() > deadline:
+            raise TimeoutError("a channel sent too little to be identified")
+        time.sleep(0.001)
 
-    def recv_into(self, view: memoryview, /) -> int:
-        count = self.sock.recv_into(view)
-        self.bytes += count
-        return count
 
-    def recv_exact(self, view: memoryview, what: str, *, eof_ok: bool = False) -> bool:
-        got = 0
-        size = len(view)
-        while got < size:
-            count = self.recv_into(view[got:])
-            if count == 0:
-                if got == 0 and eof_ok:
-                    return False
-                raise TruncatedError(f"the channel ended after {got} of {size} bytes of {what}")
-            got += count
-        return True
-
-    def send(self, parts: Sequence[Any]) -> None:
-        views = [memoryview(p).cast("B") for p in parts]
-        views = [v for v in views if v.nbytes]
-        while views:
-            sent = self.sock.sendmsg(views[:64])
-            self.bytes += sent
-            while sent:
-                if sent >= views[0].nbytes:
-                    sent -= views[0].nbytes
-                    views.pop(0)
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
-
-    def peek(self, count: int, deadline: float) -> bytes:
-        """Return the first ``count`` bytes without consuming them (fewer at end of stream)."""
-        while True:
-            data = self.sock.recv(count, socket.MSG_PEEK)
-            if len(data) >= count or not data:
-                return data
-            if time.monotonic() > deadline:
-                raise TimeoutError("a channel sent too little to be identified")
-            time.sleep(0.001)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self.sock.close()
+def channel_bytes(channel: SocketChannel) -> int:
+    """Bytes sent and received over ``channel``."""
+    return channel.bytes_sent + channel.bytes_received
 
 
 def listen_uri(uri: str) -> tuple[socket.socket, str, str | None]:
@@ -181,47 +139,9 @@ def connect_uri(uri: str, timeout: float) -> socket.socket:
         return sock
 
 
-def check_channels(channels: int) -> None:
-    if isinstance(channels, bool) or not isinstance(channels, int):
-        raise TypeError(f"channels must be an int, not {type(channels).__name__}")
-    if not 0 <= channels <= MAX_CHANNELS:
-        raise ValueError(f"channels must be 0 to {MAX_CHANNELS}, got {channels}")
-
-
-class Failure:
-    """The first error of any thread; later ones are dropped."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._lock = threading.Lock()
-        self.error: BaseException | None = None
-
-    def set(self, error: BaseException) -> None:
-        with self._lock:
-            if self.error is None:
-                self.error = error
-        self.event.set()
-
-    def wait_sem(self, sem: threading.Semaphore, deadline_s: float, what: str) -> None:
-        """Acquire ``sem`` unless the run fails or ``deadline_s`` seconds pass."""
-        deadline = time.monotonic() + deadline_s
-        while not sem.acquire(timeout=POLL):
-            if self.event.is_set():
-                raise AbortedError()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what} within {deadline_s} s")
-
-    def wait_event(self, event: threading.Event, deadline_s: float, what: str) -> None:
-        deadline = time.monotonic() + deadline_s
-        while not event.wait(POLL):
-            if self.event.is_set():
-                raise AbortedError()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what} within {deadline_s} s")
-
-
-class AbortedError(Exception):
-    """Another thread failed; this one stops quietly."""
+def check_channels(channels: object) -> int:
+    """QEMU's ``multifd-channels``, or 0 for multifd off."""
+    return check_int("channels", channels, 0, MAX_CHANNELS)
 
 
 class Counts:

@@ -31,6 +31,9 @@ from .. import (
     scan_zero_pages,
     send_zero_page_detect,
 )
+from ..errors import MigrationAbortedError
+from ..migration._failure import POLL, Failure
+from ..migration.transport import SocketChannel
 from ..wire import (
     MULTIFD_FLAG_SYNC,
     encode_init,
@@ -43,12 +46,9 @@ from ..wire.savevm import (
     StreamWriter,
 )
 from .connections import (
-    POLL,
-    AbortedError,
-    Conn,
     Counts,
-    Failure,
     Progress,
+    channel_bytes,
     check_channels,
     connect_uri,
 )
@@ -117,7 +117,7 @@ class _Sender:
 
     def __init__(
         self,
-        conn: Conn,
+        conn: SocketChannel,
         mode: ZeroPageDetection,
         stats: MigrationStats,
         failure: Failure,
@@ -152,7 +152,7 @@ class _Sender:
                 return
             except queue.Full:
                 if self.failure.event.is_set():
-                    raise AbortedError() from None
+                    raise MigrationAbortedError("the snapshot failed elsewhere") from None
 
     def _num(self) -> int:
         with self.num_lock:
@@ -193,7 +193,7 @@ class _Sender:
                 assert isinstance(job, _Job)
                 self._batch(job)
         except BaseException as exc:
-            self.failure.set(exc)
+            self.failure.fail(exc)
 
     def _batch(self, job: _Job) -> None:
         image, offsets = job.image, job.offsets
@@ -239,7 +239,7 @@ def _all_zero_order(page_count: int) -> dict[int, npt.NDArray[np.uint64]]:
 class _MainOut:
     """The restore's main channel: writes gathered into about 1 MiB sends."""
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: SocketChannel) -> None:
         self.conn = conn
         self.parts: list[bytes] = []
         self.size = 0
@@ -321,17 +321,17 @@ def restore(
     manifest = load_manifest(root)
     device_state = (root / manifest.device_state_file).read_bytes()
     images: list[_Image] = []
-    conns: list[Conn] = []
+    conns: list[SocketChannel] = []
     senders: list[_Sender] = []
     failure = Failure()
     start = time.monotonic()
     try:
         for info in manifest.blocks:
             images.append(_Image(root, info))
-        main = Conn(connect_uri(connect, timeout), timeout)
+        main = SocketChannel(connect_uri(connect, timeout), timeout)
         conns.append(main)
         for i in range(channels):
-            conn = Conn(connect_uri(connect, timeout), timeout)
+            conn = SocketChannel(connect_uri(connect, timeout), timeout)
             conns.append(conn)
             conn.send([encode_init(uuid, i)])
         stats = MigrationStats()
@@ -376,8 +376,8 @@ def restore(
             raise failure.error
         for conn in conns:
             with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_WR)
-    except AbortedError:
+                conn.socket.shutdown(socket.SHUT_WR)
+    except MigrationAbortedError:
         assert failure.error is not None
         raise failure.error from None
     finally:
@@ -406,7 +406,7 @@ def restore(
         normal=stats.normal_pages,
         duplicate=stats.zero_pages,
         normal_bytes=stats.normal_pages * PAGE_SIZE,
-        transferred=sum(c.bytes for c in conns),
+        transferred=sum(channel_bytes(c) for c in conns),
         channels=channels,
         zero_page_detection=str(mode),
         seconds=seconds,
@@ -441,7 +441,7 @@ def _send_stream(
         for sender in senders:
             sender.put(_SYNC)
         for _ in senders:
-            failure.wait_sem(synced, timeout, "SYNC packet sent")
+            failure.wait(synced, timeout, "SYNC packet sent")
         out.write(writer.multifd_flush())
 
     out.write(writer.header() + manifest.configuration)

@@ -23,7 +23,9 @@ from .. import (
     recv_normal_pages,
     recv_zero_page_process,
 )
-from ..errors import SnapshotError, StreamError, StreamSizeError
+from ..errors import MigrationAbortedError, SnapshotError, StreamError, StreamSizeError
+from ..migration._failure import POLL, Failure
+from ..migration.transport import SocketChannel
 from ..wire import (
     HandshakeError,
     decode_init,
@@ -42,14 +44,12 @@ from ..wire.savevm import (
     ZeroPages,
 )
 from .connections import (
-    POLL,
-    AbortedError,
-    Conn,
     Counts,
-    Failure,
     Progress,
+    channel_bytes,
     check_channels,
     listen_uri,
+    peek,
 )
 from .manifest import (
     DEVICE_STATE_FILE,
@@ -81,9 +81,9 @@ class _Destination:
         self.timeout = timeout
         self.progress = progress
         self.failure = Failure()
-        self.conns: list[Conn] = []
+        self.conns: list[SocketChannel] = []
         self.conns_lock = threading.Lock()
-        self.main_queue: queue.Queue[Conn] = queue.Queue()
+        self.main_queue: queue.Queue[SocketChannel] = queue.Queue()
         self.blocks: dict[str, RAMBlock] = {}
         self.order: list[tuple[str, int]] = []
         self.blocks_ready = threading.Event()
@@ -102,9 +102,9 @@ class _Destination:
 
     def fail(self, exc: BaseException) -> None:
         """Record the first error and close every connection, unblocking every reader."""
-        if isinstance(exc, AbortedError):
+        if isinstance(exc, MigrationAbortedError):
             return
-        self.failure.set(exc)
+        self.failure.fail(exc)
         with self.conns_lock:
             conns = list(self.conns)
         for conn in conns:
@@ -134,10 +134,10 @@ class _Destination:
                             ) from None
                 if self.first_contact is None:
                     self.first_contact = time.monotonic()
-                conn = Conn(sock, self.timeout)
+                conn = SocketChannel(sock, self.timeout)
                 with self.conns_lock:
                     self.conns.append(conn)
-                magic = conn.peek(4, time.monotonic() + self.timeout)
+                magic = peek(conn, 4, time.monotonic() + self.timeout)
                 if magic == b"QEVM":
                     if have_main:
                         raise HandshakeError("a second main channel connected")
@@ -161,21 +161,21 @@ class _Destination:
                     self.threads.append(thread)
                     thread.start()
         except BaseException as exc:
-            self.failure.set(exc)
+            self.failure.fail(exc)
 
     # -- multifd channels
 
-    def _channel_thread(self, conn: Conn) -> None:
+    def _channel_thread(self, conn: SocketChannel) -> None:
         try:
             self._channel(conn)
-        except AbortedError:
+        except MigrationAbortedError:
             pass
         except BaseException as exc:
-            self.failure.set(exc)
+            self.failure.fail(exc)
 
-    def _channel(self, conn: Conn) -> None:
+    def _channel(self, conn: SocketChannel) -> None:
         init = bytearray(64)
-        conn.recv_exact(memoryview(init), "a multifd handshake")
+        conn.recv_exact(memoryview(init), what="a multifd handshake")
         hello = decode_init(init, channels=self.channels)
         with self.id_lock:
             if hello.id in self.ids_seen:
@@ -199,15 +199,15 @@ class _Destination:
         payload_view = memoryview(payload)
         while True:
             if self.failure.event.is_set():
-                raise AbortedError()
-            if not conn.recv_exact(header_view, "a multifd packet", eof_ok=True):
+                raise MigrationAbortedError("the snapshot failed elsewhere")
+            if not conn.recv_exact(header_view, what="a multifd packet", eof_ok=True):
                 return
             pkt = decode_packet(
                 header, page_count=self.page_count, page_size=PAGE_SIZE, blocks=lengths
             )
             data = payload_view[: pkt.next_packet_size]
             if pkt.next_packet_size:
-                conn.recv_exact(data, "a multifd payload")
+                conn.recv_exact(data, what="a multifd payload")
             if pkt.normal_pages or pkt.zero_pages:
                 block = self.blocks[pkt.ramblock]
                 if pkt.zero_pages:
@@ -218,7 +218,7 @@ class _Destination:
                 self._progress(pkt.normal_pages + pkt.zero_pages)
             if pkt.sync:
                 self.synced.release()
-                self.failure.wait_sem(
+                self.failure.wait(
                     self.release[hello.id], self.timeout, "MULTIFD_FLUSH on the main channel"
                 )
 
@@ -233,7 +233,7 @@ class _Destination:
     def _sync_main(self) -> None:
         """``multifd_recv_sync_main``: one SYNC from every channel, then release them all."""
         for _ in range(self.channels):
-            self.failure.wait_sem(self.synced, self.timeout, "SYNC packet from every channel")
+            self.failure.wait(self.synced, self.timeout, "SYNC packet from every channel")
         for sem in self.release:
             sem.release()
 
@@ -284,7 +284,7 @@ class _Destination:
                 break
             except queue.Empty:
                 if self.failure.event.is_set():
-                    raise AbortedError() from None
+                    raise MigrationAbortedError("the snapshot failed elsewhere") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no main channel within {self.timeout} s") from None
         reader = StreamReader(main, page_size=PAGE_SIZE)
@@ -292,7 +292,7 @@ class _Destination:
         info: dict[str, Any] = {"commands": []}
         for event in reader.events():
             if self.failure.event.is_set():
-                raise AbortedError()
+                raise MigrationAbortedError("the snapshot failed elsewhere")
             if isinstance(event, ZeroPages):
                 recv_legacy_zero_pages(self.blocks[event.idstr], event.offsets)
                 counts.add(event.idstr, 0, len(event.offsets))
@@ -327,7 +327,7 @@ class _Destination:
             raise HandshakeError(
                 f"{len(self.ids_seen)} multifd channels connected, {self.channels} expected"
             )
-        info["main_bytes"] = main.bytes
+        info["main_bytes"] = channel_bytes(main)
         return info, counts
 
 
@@ -406,7 +406,7 @@ class SnapshotSaver:
         if dest.first_contact is not None:
             start = dest.first_contact
         all_counts = [counts, *dest.channel_counts]
-        transferred = sum(conn.bytes for conn in dest.conns)
+        transferred = sum(channel_bytes(conn) for conn in dest.conns)
         manifest = _write_snapshot(self.directory, dest, info, all_counts)
         seconds = max(time.monotonic() - start, 1e-9)
         return SaveResult(
