@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -10,9 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ._argtypes import channel_count, seconds
+
 __all__ = [
     "Bar",
     "Qmp",
+    "add_peer_options",
     "error_line",
     "format_bytes",
     "print_json",
@@ -20,6 +24,26 @@ __all__ = [
 
 MAX_BANDWIDTH = 1 << 40
 """``max-bandwidth`` set on a source: QEMU's default (128 MiB/s) would make the run crawl."""
+
+
+def add_peer_options(parser: argparse.ArgumentParser, peer: str, qmp_does: str) -> None:
+    """The options ``save`` and ``restore`` share: the QEMU ``peer``'s channels, QMP, output."""
+    parser.add_argument(
+        "--channels",
+        type=channel_count,
+        default=2,
+        metavar="N",
+        help=f"the {peer}'s multifd-channels; 0 when multifd is off (default 2)",
+    )
+    parser.add_argument("--qmp", metavar="PATH", help=f"QMP socket of the {peer} QEMU: {qmp_does}")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds any single wait may take (default 60)",
+    )
 
 
 def format_bytes(count: float) -> str:

@@ -7,8 +7,7 @@ import sys
 from typing import Any
 
 from ..snapshot import RestoreResult, load_manifest, parse_uri, restore
-from ._argtypes import channel_count, seconds
-from ._qemu import Bar, Qmp, error_line, format_bytes, print_json
+from ._qemu import Bar, Qmp, add_peer_options, error_line, format_bytes, print_json
 
 __all__ = ["register", "run"]
 
@@ -31,13 +30,7 @@ def register(subparsers: Any) -> None:
         metavar="URI",
         help="the destination's migrate-incoming address: tcp:HOST:PORT or unix:PATH",
     )
-    parser.add_argument(
-        "--channels",
-        type=channel_count,
-        default=2,
-        metavar="N",
-        help="the destination's multifd-channels; 0 when multifd is off (default 2)",
-    )
+    add_peer_options(parser, "destination", "set it up, migrate-incoming, wait")
     parser.add_argument(
         "--zero-page-detection",
         choices=("multifd", "legacy", "none"),
@@ -49,19 +42,6 @@ def register(subparsers: Any) -> None:
         default="0" * 32,
         metavar="HEX",
         help="the destination's -uuid as 32 hex digits (default all zero)",
-    )
-    parser.add_argument(
-        "--qmp",
-        metavar="PATH",
-        help="QMP socket of the destination QEMU: set it up, migrate-incoming, wait",
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--timeout",
-        type=seconds,
-        default=60.0,
-        metavar="S",
-        help="seconds any single wait may take (default 60)",
     )
     parser.set_defaults(run=run)
 

@@ -8,8 +8,7 @@ import sys
 from typing import Any
 
 from ..snapshot import SaveResult, SnapshotSaver
-from ._argtypes import channel_count, seconds
-from ._qemu import Bar, Qmp, error_line, format_bytes, print_json
+from ._qemu import Bar, Qmp, add_peer_options, error_line, format_bytes, print_json
 
 __all__ = ["register", "run"]
 
@@ -32,26 +31,7 @@ def register(subparsers: Any) -> None:
         metavar="URI",
         help="tcp:HOST:PORT or unix:PATH (default tcp:127.0.0.1:0, a free port)",
     )
-    parser.add_argument(
-        "--channels",
-        type=channel_count,
-        default=2,
-        metavar="N",
-        help="the source's multifd-channels; 0 when multifd is off (default 2)",
-    )
-    parser.add_argument(
-        "--qmp",
-        metavar="PATH",
-        help="QMP socket of the source QEMU: set it up and start the migration",
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--timeout",
-        type=seconds,
-        default=60.0,
-        metavar="S",
-        help="seconds any single wait may take (default 60)",
-    )
+    add_peer_options(parser, "source", "set it up and start the migration")
     parser.set_defaults(run=run)
 
 
