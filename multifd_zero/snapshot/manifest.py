@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import (
+    scan_zero_pages,
     zero_page_mask,
 )
 from ..errors import SnapshotError, StreamError
@@ -232,10 +234,20 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         offset += written
 
 
-def write_image(path: Path, host: Any, length: int) -> int:
-    """Write the non-zero pages of ``host`` at their offsets, then set the length; return them."""
-    mask = zero_page_mask(host, PAGE_SIZE)
-    data = np.flatnonzero(~mask)
+def write_image(
+    path: Path, host: Any, length: int, candidates: npt.NDArray[np.bool_] | None = None
+) -> int:
+    """Write the non-zero pages of ``host`` at their offsets, then set the length; return them.
+
+    With ``candidates`` (one flag per page), only the flagged pages are read:
+    the others are known to be zero.
+    """
+    if candidates is None:
+        data = np.flatnonzero(~zero_page_mask(host, PAGE_SIZE))
+    else:
+        maybe = np.flatnonzero(candidates).astype(np.uint64)
+        zero = scan_zero_pages(host, maybe * np.uint64(PAGE_SIZE), PAGE_SIZE)
+        data = maybe[~zero].astype(np.int64)
     view = memoryview(host).cast("B")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import mmap
 import os
 import queue
 import socket
@@ -14,6 +13,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from .. import (
     MigrationOptions,
@@ -25,6 +27,7 @@ from .. import (
 )
 from ..errors import MigrationAbortedError, SnapshotError, StreamError, StreamSizeError
 from ..migration._failure import POLL, Failure
+from ..migration.process import fresh_memory
 from ..migration.transport import SocketChannel
 from ..wire import (
     HandshakeError,
@@ -86,6 +89,7 @@ class _Destination:
         self.main_queue: queue.Queue[SocketChannel] = queue.Queue()
         self.blocks: dict[str, RAMBlock] = {}
         self.order: list[tuple[str, int]] = []
+        self.written: dict[str, npt.NDArray[np.bool_]] = {}
         self.blocks_ready = threading.Event()
         self.synced = threading.Semaphore(0)
         self.release = [threading.Semaphore(0) for _ in range(channels)]
@@ -214,6 +218,7 @@ class _Destination:
                     recv_zero_page_process(block, pkt.zero, options=_OPTIONS)
                 if pkt.normal_pages:
                     recv_normal_pages(block, pkt.normal, data)
+                    self._written(pkt.ramblock, pkt.normal)
                 counts.add(pkt.ramblock, pkt.normal_pages, pkt.zero_pages)
                 self._progress(pkt.normal_pages + pkt.zero_pages)
             if pkt.sync:
@@ -237,15 +242,21 @@ class _Destination:
         for sem in self.release:
             sem.release()
 
+    def _written(self, idstr: str, offsets: npt.NDArray[np.uint64]) -> None:
+        # Pages never written are still the fresh mapping's zeros: writing the
+        # image need not read them (reading would fault each one in).
+        self.written[idstr][offsets // np.uint64(PAGE_SIZE)] = True
+
     def _make_blocks(self, mem: MemSize, at: int) -> None:
         for idstr, length in mem.blocks:
             try:
-                host = mmap.mmap(-1, length)
+                host = fresh_memory(length)
             except (OSError, OverflowError, ValueError) as exc:
                 raise StreamSizeError(
                     f"cannot map {length} bytes for block {idstr!r}: {exc}", at
                 ) from None
             self.blocks[idstr] = RAMBlock(idstr, host, PAGE_SIZE)
+            self.written[idstr] = np.zeros(length // PAGE_SIZE, dtype=np.bool_)
             self.order.append((idstr, length))
         self.total_bytes = mem.total
         self.blocks_ready.set()
@@ -299,6 +310,7 @@ class _Destination:
                 self._progress(len(event.offsets))
             elif isinstance(event, Pages):
                 recv_normal_pages(self.blocks[event.idstr], event.offsets, event.data)
+                self._written(event.idstr, event.offsets)
                 counts.add(event.idstr, len(event.offsets), 0)
                 self._progress(len(event.offsets))
             elif isinstance(event, MultifdFlush):
@@ -466,7 +478,9 @@ def _write_snapshot(
     blocks = []
     for index, (idstr, length) in enumerate(dest.order):
         name = block_file_name(index, idstr)
-        data_pages = write_image(directory / name, dest.blocks[idstr].host, length)
+        data_pages = write_image(
+            directory / name, dest.blocks[idstr].host, length, dest.written[idstr]
+        )
         blocks.append(
             BlockInfo(
                 idstr,
