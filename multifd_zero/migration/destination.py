@@ -316,15 +316,16 @@ class MigrationDestination:
         """Apply the main stream's events; start the channels once the blocks match."""
         events = reader.events()
         expect_mem_size = False
+        at = reader.offset  # where the next event starts in the stream
         for event in events:  # the stream is finite and every read is bounded
             self.progress_at = time.monotonic()
             if expect_mem_size:
                 if not isinstance(event, MemSize):
                     raise StreamSectionError(
-                        "the RAM START section does not begin with MEM_SIZE", reader.offset
+                        "the RAM START section does not begin with MEM_SIZE", at
                     )
                 expect_mem_size = False
-                self._check_blocks(event, reader.offset)
+                self._check_blocks(event, at)
                 # The channels are read only once the blocks are known to match, so a
                 # mismatched destination is refused before any page is written.
                 for receiver in self._receivers:
@@ -345,6 +346,7 @@ class MigrationDestination:
                     self.report.rounds += 1
             elif isinstance(event, DeviceState):
                 return  # RAM only: QEMU's device sections would go to their vmstate
+            at = reader.offset
         # The reader raises unless the stream ends with the device state.
         raise StreamSectionError(  # pragma: no cover
             "the main stream ended without its device state", reader.offset

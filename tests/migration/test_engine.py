@@ -608,6 +608,8 @@ def test_block_list_disagreement_is_refused_before_any_channel_is_read(
     exc = src.finish()
     assert isinstance(exc, StreamBlockError) and isinstance(exc, wire.BlockError)
     assert match in str(exc)
+    head = w.header() + w.configuration("multifd-zero") + w.section_start(1)
+    assert exc.offset == len(head)  # the MEM_SIZE record's
     assert (np.frombuffer(src.block.host, np.uint8) == SENTINEL).all()
     assert src.block.receivedmap.count() == 0
 
