@@ -73,7 +73,7 @@ import os
 import numpy as np
 from multifd_zero import *
 from multifd_zero.wire import *
-from multifd_zero.wire.ramstream import *
+from multifd_zero.wire.savevm import *
 from multifd_zero.migration.transport import *
 from multifd_zero.migration.source import *
 from multifd_zero.migration.destination import *

@@ -9,16 +9,18 @@ Targets, chosen by the first byte of each input:
 - ``wire.check_header``: the 12-byte packet header;
 - ``wire.decode_init``: the 64-byte channel handshake, with or without a
   uuid and channel count to check against;
-- ``ramstream.RamStreamReader``: the main channel's stream (file header,
-  sections, MEM_SIZE, zero-page records, flags), read in chunks whose sizes
-  come from the input too.
+- ``savevm.StreamReader``: QEMU 10's main stream (file header,
+  configuration, sections with their headers and footers, MEM_SIZE, zero and
+  page records, flags, commands, the device-state tail), read in chunks
+  whose sizes come from the input too, or whole with ``savevm.read_stream``.
 
 A decoder may return or raise :class:`multifd_zero.wire.PacketError` (a
 ``ValueError``); any other exception, or a returned packet that breaks the
 decoder's own promises (counts within ``pages_alloc`` and ``page_count``,
 ``next_packet_size == normal_pages * page_size``, a known block, every offset
-page-aligned and inside it), is a finding: libFuzzer stops, writes the input
-to ``crash-*`` and exits non-zero.
+page-aligned and inside it; for the stream, pages inside a block of its own
+block list, a page of data each, and the device state last), is a finding:
+libFuzzer stops, writes the input to ``crash-*`` and exits non-zero.
 
 Run it::
 
@@ -47,10 +49,10 @@ except ImportError:  # pragma: no cover - the script needs atheris; the seeds do
 if atheris is not None:
     with atheris.instrument_imports(include=["multifd_zero"]):
         from multifd_zero import wire
-        from multifd_zero.wire import ramstream
+        from multifd_zero.wire import savevm
 else:  # pragma: no cover
     from multifd_zero import wire
-    from multifd_zero.wire import ramstream
+    from multifd_zero.wire import savevm
 
 SETUPS = [  # (page_count, page_size, blocks)
     (128, 4096, {"pc.ram": 64 * 4096, "vga": 4096}),
@@ -59,6 +61,7 @@ SETUPS = [  # (page_count, page_size, blocks)
     (4, 2 * 1024 * 1024, {"huge": 8 * 1024 * 1024, "é": 2 * 1024 * 1024}),
 ]
 STREAM_SETUPS = [(4096, {"pc.ram": 32 * 4096, "vga": 4 * 4096}), (1024, {"pc.ram": 64 * 1024})]
+VMDESC = b'{"devices": []}'  # a VM description without devices
 
 
 def check_packet(pkt: wire.RamPacket, page_count: int, page_size: int,
@@ -89,28 +92,36 @@ class _BytesChannel:
         return len(piece)
 
 
-def read_stream(raw: bytes, chunks: list[int], page_size: int, blocks: dict[str, int],
-                magic_read: bool) -> int:
-    reader = ramstream.RamStreamReader(
-        _BytesChannel(raw, chunks),  # type: ignore[arg-type]
-        page_size=page_size, blocks=blocks, magic_read=magic_read,
-    )
-    reader.read_header()
-    records = 0
-    while not reader.at_end():
-        if reader.read_section() == ramstream.QEMU_VM_EOF:
-            break
-        while True:
-            records += 1
-            assert records <= 4 * len(raw) + 4, "the reader makes no progress"
-            record = reader.read_record()
-            if isinstance(record, ramstream.ZeroRun):
-                used = blocks[record.idstr]
-                for off in record.offsets.tolist():
-                    assert off % page_size == 0 and off + page_size <= used, (off, used)
-            if isinstance(record, ramstream.Flag) and record.flag == ramstream.RAM_SAVE_FLAG_EOS:
-                break
-    return records
+def read_main_stream(raw: bytes, chunks: list[int], page_size: int, magic_read: bool,
+                     whole: bool) -> int:
+    if whole:  # savevm.read_stream: the whole stream from memory
+        events = iter(savevm.read_stream(raw, page_size=page_size))
+        declared: dict[str, int] = {}
+    else:
+        reader = savevm.StreamReader(
+            _BytesChannel(raw, chunks),  # type: ignore[arg-type]
+            page_size=page_size, magic_read=magic_read,
+        )
+        events = reader.events()
+        declared = reader.blocks
+    count = 0
+    last = None
+    for event in events:
+        count += 1
+        assert count <= 4 * len(raw) + 4, "the reader makes no progress"
+        last = event
+        if isinstance(event, savevm.MemSize):
+            declared = dict(event.blocks)
+        if isinstance(event, (savevm.ZeroPages, savevm.Pages)):
+            used = declared[event.idstr]
+            offs = event.offsets.tolist()
+            assert offs, event
+            for off in offs:
+                assert off % page_size == 0 and off + page_size <= used, (off, used)
+            if isinstance(event, savevm.Pages):
+                assert len(event.data) == len(offs) * page_size
+    assert isinstance(last, savevm.DeviceState), "the stream ended unchecked"
+    return count
 
 
 def one_input(data: bytes) -> None:
@@ -133,9 +144,11 @@ def one_input(data: bytes) -> None:
             init = wire.decode_init(body, uuid=uuid, channels=channels)
             assert len(init.uuid) == 16 and (channels is None or init.id < channels)
         else:
-            page_size, blocks = STREAM_SETUPS[setup % len(STREAM_SETUPS)]
+            page_size, _ = STREAM_SETUPS[setup % len(STREAM_SETUPS)]
             chunks = [1 + (b % 64) for b in body[:3]]
-            read_stream(body[3:], chunks, page_size, blocks, magic_read=bool(setup & 4))
+            magic_read = bool(setup & 4)
+            read_main_stream(body[3:], chunks, page_size, magic_read,
+                             whole=bool(setup & 8) and not magic_read)
     except wire.PacketError:
         pass
 
@@ -162,20 +175,19 @@ def seeds() -> list[bytes]:
     for k, (page_size, blocks) in enumerate(STREAM_SETUPS):
         name = sorted(blocks)[-1]
         offs = np.array([0, page_size, 3 * page_size], dtype=np.uint64)
+        w = savevm.StreamWriter(page_size)
         stream = b"".join([
-            ramstream.encode_file_header(),
-            ramstream.encode_section(ramstream.QEMU_VM_SECTION_START),
-            ramstream.encode_mem_size(list(blocks.items())),
-            ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS),
-            ramstream.encode_section(ramstream.QEMU_VM_SECTION_PART),
-            ramstream.encode_zero_records(name, offs, continued=False),
-            ramstream.encode_zero_records(name, offs[1:], continued=True),
-            ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_MULTIFD_FLUSH),
-            ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS),
-            bytes([ramstream.QEMU_VM_EOF]),
+            w.header(), w.configuration("multifd-zero"), w.section_start(1),
+            w.mem_size(list(blocks.items())), w.multifd_flush(), w.eos(), w.footer(1),
+            w.section_part(1), w.zero_pages(name, offs), w.zero_pages(name, offs[1:]),
+            w.pages(name, offs[:2], bytes(range(256)) * (2 * page_size // 256)),
+            w.multifd_flush(), w.eos(), w.footer(1),
+            w.command(savevm.MIG_CMD_SWITCHOVER_START), w.section_part(1, end=True),
+            w.multifd_flush(), w.eos(), w.footer(1), w.eof(), w.vmdescription(VMDESC),
         ])
         out.append(bytes([3, k]) + bytes([7, 64, 1]) + stream)
         out.append(bytes([3, k | 4]) + bytes([64, 64, 64]) + stream[4:])
+        out.append(bytes([3, k | 8]) + bytes([1, 1, 1]) + stream)
     return out
 
 

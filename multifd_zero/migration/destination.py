@@ -14,12 +14,22 @@ As in QEMU (``multifd_recv_thread``, ``multifd_nocomp_recv``, ``ram_load``):
   :func:`~multifd_zero.recv_normal_pages`. So a bad or truncated packet
   changes no page. On a ``SYNC`` packet it waits for the main thread;
 - the **main thread** (the caller of :meth:`MigrationDestination.run`)
-  reads the main stream: it checks the block names and sizes (``MEM_SIZE``)
-  before any channel is read, so a mismatched destination is left untouched
-  (QEMU's channels start reading at once), applies
-  legacy zero records with :func:`~multifd_zero.recv_legacy_zero_pages`, and
-  at ``MULTIFD_FLUSH`` waits for every channel's ``SYNC`` before letting them
-  go on (QEMU's ``multifd_recv_sync_main``), which orders the rounds.
+  reads the main stream, QEMU 10's precopy format, with
+  :class:`~multifd_zero.wire.savevm.StreamReader` (``qemu_loadvm_state`` in
+  ``migration/savevm.c``, ``ram_load_precopy`` in ``migration/ram.c``),
+  which checks the framing (configuration, section ids, footers, the device
+  state's end). The RAM START section must begin with ``MEM_SIZE``, whose
+  block list must name exactly the destination's blocks with their sizes
+  (``parse_ramblocks``); that is checked before any channel is read, so a
+  mismatched destination is left untouched (QEMU's channels start reading
+  at once). Then ``ZERO`` records are applied with
+  :func:`~multifd_zero.recv_legacy_zero_pages` (``ram_handle_zero``),
+  ``PAGE`` records with :func:`~multifd_zero.recv_normal_pages` (plain
+  precopy), and at each ``MULTIFD_FLUSH`` (at setup, and once per round) it
+  waits for every channel's ``SYNC`` before letting them go on (QEMU's
+  ``multifd_recv_sync_main``), which orders the rounds. The stream ends with
+  the device state (``QEMU_VM_EOF`` and the VM description), read to the
+  end of the main channel.
 
 Any error closes every channel of the destination and is raised by
 :meth:`MigrationDestination.run`.
@@ -33,6 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
+from ..errors import StreamBlockError, StreamSectionError
 from ..multifd_zero_page import recv_normal_pages, recv_zero_page_process
 from ..options import MigrationOptions
 from ..ram import recv_legacy_zero_pages
@@ -41,8 +52,6 @@ from ..wire import (
     HANDSHAKE_SIZE,
     HEADER_SIZE,
     MULTIFD_MAGIC,
-    BlockError,
-    FlagsError,
     HandshakeError,
     MagicError,
     PacketDecoder,
@@ -51,24 +60,22 @@ from ..wire import (
     decode_init,
     packet_len,
 )
-from ..wire.ramstream import (
-    QEMU_VM_EOF,
+from ..wire.savevm import (
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_SECTION_PART,
     QEMU_VM_SECTION_START,
-    RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MULTIFD_FLUSH,
-    Flag,
+    DeviceState,
     MemSize,
-    RamStreamReader,
-    ZeroRun,
+    MultifdFlush,
+    Pages,
+    SectionHeader,
+    StreamReader,
+    ZeroPages,
 )
 from ._failure import POLL, Failure
 from .transport import Channel
 
 __all__ = ["DestinationReport", "MigrationDestination"]
-
-_MAX_ROUNDS = 1 << 20
 
 
 @dataclass
@@ -78,13 +85,16 @@ class DestinationReport:
     Attributes
     ----------
     rounds : int
-        Round sections received.
+        RAM ``SECTION_PART`` sections received (the engine's source sends
+        one per round).
     packets, sync_packets : int
         Multifd packets received, and how many of them were SYNC packets.
     normal_pages, zero_pages : int
         Pages received in multifd packets.
     legacy_zero_pages : int
         Zero-page records received on the main channel.
+    stream_pages : int
+        ``PAGE`` records received on the main channel (plain precopy).
     zero_pages_written : int
         Zero pages that were written (zero-filled) rather than only marked.
     received_pages : int
@@ -99,6 +109,7 @@ class DestinationReport:
     normal_pages: int = 0
     zero_pages: int = 0
     legacy_zero_pages: int = 0
+    stream_pages: int = 0
     zero_pages_written: int = 0
     received_pages: int = 0
     bytes_received: int = 0
@@ -283,45 +294,63 @@ class MigrationDestination:
         for receiver in self._receivers:
             receiver.release.release()
 
-    def _setup(self, reader: RamStreamReader) -> None:
-        """The stream header and the setup section: every block present with its size."""
-        reader.read_header()
-        if reader.read_section() != QEMU_VM_SECTION_START:
-            raise FlagsError("the main stream does not start with the setup section")
-        setup = reader.read_record()
-        if not isinstance(setup, MemSize):
-            raise FlagsError("the setup section does not start with MEM_SIZE")
-        if set(setup.blocks) != set(self.blocks):
-            missing = sorted(set(self.blocks) - set(setup.blocks))
-            raise BlockError(f"the source did not send RAM blocks {missing}")
-        if reader.read_record() != Flag(RAM_SAVE_FLAG_EOS):
-            raise FlagsError("the setup section does not end with EOS")
+    def _check_blocks(self, mem_size: MemSize, at: int) -> None:
+        """``parse_ramblocks``: the source's block list must be the destination's."""
+        theirs = dict(mem_size.blocks)
+        for idstr, length in mem_size.blocks:
+            if idstr not in self.lengths:
+                raise StreamBlockError(
+                    f"the source has a RAM block {idstr!r} the destination lacks", at
+                )
+            if length != self.lengths[idstr]:
+                raise StreamBlockError(
+                    f"RAM block {idstr!r} is {length} bytes on the source, "
+                    f"{self.lengths[idstr]} here",
+                    at,
+                )
+        missing = sorted(set(self.lengths) - set(theirs))
+        if missing:
+            raise StreamBlockError(f"the source did not send RAM blocks {missing}", at)
 
-    def _main_loop(self, reader: RamStreamReader) -> None:
-        for _ in range(_MAX_ROUNDS):  # one pass per round section
-            kind = reader.read_section()
-            if kind == QEMU_VM_EOF:
-                return
-            if kind != QEMU_VM_SECTION_PART:
-                raise FlagsError(f"unexpected section type {kind}")
-            self._round(reader)
-            self.report.rounds += 1
-        raise FlagsError(f"more than {_MAX_ROUNDS} rounds")
-
-    def _round(self, reader: RamStreamReader) -> None:
-        while True:  # one pass per record; the stream is finite and every read is bounded
-            record = reader.read_record()
+    def _main_loop(self, reader: StreamReader) -> None:
+        """Apply the main stream's events; start the channels once the blocks match."""
+        events = reader.events()
+        expect_mem_size = False
+        at = reader.offset  # where the next event starts in the stream
+        for event in events:  # the stream is finite and every read is bounded
             self.progress_at = time.monotonic()
-            if isinstance(record, ZeroRun):
-                block = self.blocks[record.idstr]
-                self.report.zero_pages_written += recv_legacy_zero_pages(block, record.offsets)
-                self.report.legacy_zero_pages += int(record.offsets.size)
-            elif record == Flag(RAM_SAVE_FLAG_MULTIFD_FLUSH):
+            if expect_mem_size:
+                if not isinstance(event, MemSize):
+                    raise StreamSectionError(
+                        "the RAM START section does not begin with MEM_SIZE", at
+                    )
+                expect_mem_size = False
+                self._check_blocks(event, at)
+                # The channels are read only once the blocks are known to match, so a
+                # mismatched destination is refused before any page is written.
+                for receiver in self._receivers:
+                    receiver.thread.start()
+            elif isinstance(event, ZeroPages):
+                block = self.blocks[event.idstr]
+                self.report.zero_pages_written += recv_legacy_zero_pages(block, event.offsets)
+                self.report.legacy_zero_pages += int(event.offsets.size)
+            elif isinstance(event, Pages):
+                recv_normal_pages(self.blocks[event.idstr], event.offsets, event.data)
+                self.report.stream_pages += int(event.offsets.size)
+            elif isinstance(event, MultifdFlush):
                 self._sync_channels()
-            elif record == Flag(RAM_SAVE_FLAG_EOS):
-                return
-            else:
-                raise FlagsError(f"unexpected record {record!r} in a round")
+            elif isinstance(event, SectionHeader):
+                if event.kind == QEMU_VM_SECTION_START:
+                    expect_mem_size = True
+                elif event.kind == QEMU_VM_SECTION_PART:
+                    self.report.rounds += 1
+            elif isinstance(event, DeviceState):
+                return  # RAM only: QEMU's device sections would go to their vmstate
+            at = reader.offset
+        # The reader raises unless the stream ends with the device state.
+        raise StreamSectionError(  # pragma: no cover
+            "the main stream ended without its device state", reader.offset
+        )
 
     # -- the whole migration
 
@@ -347,17 +376,12 @@ class MigrationDestination:
         try:
             main, multifd = self._classify(accept)
             self._receivers = [_Receiver(i, multifd[i], self) for i in sorted(multifd)]
-            reader = RamStreamReader(
-                main, page_size=self.page_size, blocks=self.lengths, keep_waiting=self.keep_waiting
+            reader = StreamReader(
+                _Patient(main, self.keep_waiting), page_size=self.page_size, magic_read=True
             )
-            # The channels are read only once the blocks are known to match, so a
-            # mismatched destination is refused before any page is written.
-            self._setup(reader)
-            for receiver in self._receivers:
-                receiver.thread.start()
             self._main_loop(reader)
             self._join()
-            self.report.bytes_received = reader.bytes_read
+            self.report.bytes_received = reader.offset
         except BaseException as exc:
             self.failure.fail(exc)
             self._join()
@@ -389,6 +413,24 @@ class MigrationDestination:
             report.bytes_received += receiver.channel.bytes_received
             receiver.channel.close()
         report.received_pages = sum(b.receivedmap.count() for b in self.blocks.values())
+
+
+class _Patient:
+    """The main channel as the stream reader sees it: a receive that times out is
+    retried while the migration moves on elsewhere (the main channel is idle
+    while the multifd channels work)."""
+
+    def __init__(self, channel: Channel, keep_waiting: Callable[[], bool]) -> None:
+        self._channel = channel
+        self._keep_waiting = keep_waiting
+
+    def recv_into(self, view: memoryview, /) -> int:
+        while True:  # each pass reads, ends, or waits while told to
+            try:
+                return self._channel.recv_into(view)
+            except TimeoutError:
+                if not self._keep_waiting():
+                    raise
 
 
 def _acceptor(connections: Callable[[], Channel] | Iterable[Channel]) -> Callable[[], Channel]:

@@ -6,8 +6,9 @@ calling thread plus one thread per channel; the destination side
 this process (``transport="inprocess"``) or in a separate process reached
 over loopback TCP or a Unix socket (``"tcp"``, ``"unix"``), one connection
 per channel plus the main channel. The bytes on the multifd channels are
-QEMU's packets (:mod:`multifd_zero.wire`); the main channel carries QEMU's RAM
-stream records (:mod:`multifd_zero.wire.ramstream`).
+QEMU's packets (:mod:`multifd_zero.wire`); the main channel carries QEMU 10's
+precopy main stream (:mod:`multifd_zero.wire.savevm`; what the source writes
+there is listed in :mod:`multifd_zero.migration.source`).
 """
 
 from __future__ import annotations
@@ -212,8 +213,9 @@ def migrate(
     >>> result = migrate(src, dst, channels=2)
     >>> result.ram["normal"], result.ram["duplicate"], bytes(dst.host) == bytes(src.host)
     (1, 3, True)
-    >>> # two handshakes, one packet and its page, a SYNC packet per channel:
-    >>> result.ram["multifd-bytes"] == 2 * 64 + 1344 + 4096 + 2 * 1344
+    >>> # two handshakes, one packet and its page, a SYNC packet per channel
+    >>> # at setup and at the end of the round:
+    >>> result.ram["multifd-bytes"] == 2 * 64 + 1344 + 4096 + 2 * 2 * 1344
     True
     """
     options = MigrationOptions() if options is None else options

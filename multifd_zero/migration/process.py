@@ -9,9 +9,10 @@ stdout:
 - ``{"event": "complete", "report": {...}, "receivedmap": "<hex>"}`` when the
   migration has been received;
 - ``{"event": "checksum", "sha256": "..."}`` if a checksum was asked for;
-- ``{"event": "error", "type": "...", "message": "..."}`` if it failed; the
-  parent raises the same exception class for :class:`~multifd_zero.PacketError`
-  subclasses and the builtin errors.
+- ``{"event": "error", "type": "...", "message": "..."}`` if it failed (with
+  ``"reason"`` and ``"offset"`` for a :class:`~multifd_zero.errors.StreamError`);
+  the parent raises the same exception class for
+  :class:`~multifd_zero.PacketError` subclasses and the builtin errors.
 
 The child's memory is either fresh anonymous memory or a shared file mapping
 given by path (see :class:`~multifd_zero.migration.shm.SharedRAM`). Every read of the
@@ -197,7 +198,12 @@ class DestinationProcess:
             raise MigrationError(f"the destination process exited with status {code}")
         message: dict[str, Any] = json.loads(line)
         if message.get("event") == "error":
-            raise rebuild_error(str(message.get("type")), str(message.get("message")))
+            raise rebuild_error(
+                str(message.get("type")),
+                str(message.get("message")),
+                reason=message.get("reason"),
+                offset=message.get("offset"),
+            )
         if message.get("event") != event:
             raise MigrationError(f"expected {event!r} from the destination, got {message!r}")
         return message
@@ -221,9 +227,19 @@ class DestinationProcess:
         self.close()
 
 
-def rebuild_error(type_name: str, message: str) -> BaseException:
-    """Recreate an exception reported by the child: same class when it is a known one."""
+def rebuild_error(
+    type_name: str, message: str, *, reason: Any = None, offset: Any = None
+) -> BaseException:
+    """Recreate an exception reported by the child: same class when it is a known one.
+
+    A main-stream error (:class:`~multifd_zero.errors.StreamError`) is rebuilt
+    from its ``reason`` and byte ``offset``, so its message reads the same.
+    """
     cls = getattr(errors, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.StreamError):
+        if isinstance(reason, str) and isinstance(offset, int):
+            return cls(reason, offset)
+        return cls(message, 0)
     if isinstance(cls, type) and issubclass(cls, errors.PacketError):
         return cls(message)
     if type_name in _BUILTIN_ERRORS:
@@ -293,6 +309,9 @@ def child_main() -> int:
     try:
         run_child(DestinationConfig.from_json(sys.stdin.readline()))
     except BaseException as exc:
-        _emit({"event": "error", "type": type(exc).__name__, "message": str(exc)})
+        reply: dict[str, Any] = {"event": "error", "type": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, errors.StreamError):  # its class needs both to be rebuilt
+            reply.update(reason=exc.reason, offset=exc.offset)
+        _emit(reply)
         return 1
     return 0

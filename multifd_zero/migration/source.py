@@ -16,17 +16,39 @@ As in QEMU (``ram_save_target_page``, ``multifd_queue_page``,
   :func:`~multifd_zero.send_zero_page_detect` on its batch (the nogil kernel),
   fills a RAM packet, gathers the normal pages' data and sends both in one
   gather write;
-- at the end of each round the queueing thread sends a ``SYNC`` packet on
-  every channel, waits until each has been sent (QEMU's
-  ``multifd_send_sync_main``), then writes ``MULTIFD_FLUSH`` and ``EOS`` to
-  the main channel. Only then is the next round's dirty set asked for, so the
-  source memory may change between rounds without racing a sender.
+- a sync (QEMU's ``multifd_ram_flush_and_sync``) sends a ``SYNC`` packet on
+  every channel, waits until each has been sent (``multifd_send_sync_main``),
+  and writes ``RAM_SAVE_FLAG_MULTIFD_FLUSH`` to the main channel. There is
+  one at setup and one at the end of each round; the next round's dirty set
+  is asked for only once every SYNC packet is out, so the source memory may
+  change between rounds without racing a sender.
+
+The main channel is QEMU 10's precopy stream (:mod:`multifd_zero.wire.savevm`),
+as ``migration/savevm.c`` and ``migration/ram.c`` write it for RAM with multifd:
+
+- the file header and the configuration section, with the machine type
+  :data:`MACHINE_TYPE` (QEMU's destination would compare it with its own;
+  the engine's destination has no machine and accepts any);
+- ``QEMU_VM_SECTION_START`` of ``ram`` (section :data:`RAM_SECTION_ID`,
+  instance 0, version 4): ``MEM_SIZE`` with the block list, the setup sync's
+  ``MULTIFD_FLUSH``, ``EOS``, the footer (``ram_save_setup``);
+- per round a ``QEMU_VM_SECTION_PART``: the legacy ``ZERO`` records (the
+  block is named once in the whole stream, then ``CONTINUE``, as
+  ``save_page_header`` does), the round's ``MULTIFD_FLUSH`` (after the SYNC
+  packets), ``EOS``, the footer (``ram_save_iterate``);
+- the last round's ``MULTIFD_FLUSH`` instead goes, after
+  ``MIG_CMD_SWITCHOVER_START``, into the ``QEMU_VM_SECTION_END``, with its
+  ``EOS`` and footer (``qemu_savevm_state_complete_precopy``,
+  ``ram_save_complete``); the last PART then ends with ``EOS`` alone;
+- no device sections (the engine migrates RAM only), ``QEMU_VM_EOF`` and a
+  minimal VM description (:func:`vmdescription`).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,22 +66,26 @@ from ..ram import save_zero_pages
 from ..ramblock import RAMBlock
 from ..stats import MigrationStats
 from ..wire import MULTIFD_FLAG_SYNC, encode_init, encode_name, fill_packet, packet_len
-from ..wire.ramstream import (
-    QEMU_VM_EOF,
-    QEMU_VM_SECTION_PART,
-    QEMU_VM_SECTION_START,
-    RAM_SAVE_FLAG_EOS,
-    RAM_SAVE_FLAG_MULTIFD_FLUSH,
-    encode_file_header,
-    encode_flag,
-    encode_mem_size,
-    encode_section,
-    encode_zero_records,
-)
+from ..wire.savevm import MIG_CMD_SWITCHOVER_START, RAM_SECTION_VERSION, StreamWriter
 from ._failure import POLL, Failure
 from .transport import Channel
 
-__all__ = ["MigrationSource", "ProgressCallback", "SourceReport"]
+__all__ = [
+    "MACHINE_TYPE",
+    "RAM_SECTION_ID",
+    "MigrationSource",
+    "ProgressCallback",
+    "SourceReport",
+    "vmdescription",
+]
+
+MACHINE_TYPE = "multifd-zero"
+"""The machine type of the configuration section (QEMU sends e.g. ``pc-i440fx-10.0``)."""
+
+RAM_SECTION_ID = 1
+"""The RAM section's id: QEMU numbers savevm handlers in registration order
+(``register_savevm_live`` in ``migration/savevm.c``); with ``-machine none``,
+QEMU 10 registers ``timer`` as 0 and ``ram`` as 1."""
 
 ProgressCallback = Callable[[int, int, int], object]
 """``progress(round, pages_queued, pages_in_round)``, called by the queueing thread."""
@@ -68,6 +94,20 @@ _SYNC = "sync"
 _STOP = "stop"
 _EMPTY = "empty"
 _QUEUE_DEPTH = 4
+
+
+def vmdescription(page_size: int) -> bytes:
+    """The JSON of the ``QEMU_VM_VMDESCRIPTION`` record: no devices, the page size.
+
+    QEMU's ``qemu_savevm_state_complete_precopy_non_iterable`` writes this
+    object with one entry per device section; the engine sends none.
+
+    Examples
+    --------
+    >>> vmdescription(4096)
+    b'{"page_size": 4096, "devices": []}'
+    """
+    return json.dumps({"page_size": page_size, "devices": []}).encode("ascii")
 
 
 @dataclass
@@ -320,7 +360,9 @@ class MigrationSource:
         self._legacy = options.zero_page_detection is ZeroPageDetection.LEGACY
         self._pending = np.empty(2 * page_count, dtype=np.uint64)
         self._pending_num = 0
-        self._continued = False
+        # One writer for the whole stream: it names the block in the first ZERO
+        # record only, across sections, as QEMU's save_page_header does.
+        self._writer = StreamWriter(block.page_size)
 
     # -- main channel
 
@@ -379,8 +421,9 @@ class MigrationSource:
             self._pending_num = 0
 
     def _send_round(self, round_no: int, offsets: OffsetArray) -> None:
-        self._main_send(encode_section(QEMU_VM_SECTION_PART))
-        self._continued = False
+        """A PART section's records and the round's SYNC packets; the caller closes it."""
+        w = self._writer
+        self._main_send(w.section_part(RAM_SECTION_ID))
         total = int(offsets.size)
         pc = self.page_count
         for start in range(0, total, pc):  # one pass per batch, not per page
@@ -391,10 +434,7 @@ class MigrationSource:
                     self.block, batch, options=self.options, stats=self.stats
                 )
                 if zero.size:
-                    self._main_send(
-                        encode_zero_records(self.block.idstr, zero, continued=self._continued)
-                    )
-                    self._continued = True
+                    self._main_send(w.zero_pages(self.block.idstr, zero))
                 self._queue_normal(normal)
             else:
                 self._dispatch(batch)
@@ -402,16 +442,48 @@ class MigrationSource:
                 self.progress(round_no, min(start + pc, total), total)
         self._flush_pending()
         self._sync()
-        self._main_send(encode_flag(RAM_SAVE_FLAG_MULTIFD_FLUSH), encode_flag(RAM_SAVE_FLAG_EOS))
         self.report.rounds += 1
         self.report.pages_queued += total
 
     def _sync(self) -> None:
-        """A SYNC packet on every channel; wait until each has gone out."""
+        """A SYNC packet on every channel; wait until each has gone out.
+
+        The caller writes the ``MULTIFD_FLUSH`` that goes with it.
+        """
         for sender in self.senders:
             self._put(sender, _SYNC)
         for sender in self.senders:
             self.failure.wait(sender.synced, self.timeout, f"channel {sender.index} to sync")
+
+    def _setup(self) -> None:
+        """The file header, the configuration, and the RAM START section (``ram_save_setup``)."""
+        w = self._writer
+        self._main_send(
+            w.header(),
+            w.configuration(MACHINE_TYPE),
+            w.section_start(RAM_SECTION_ID, "ram", 0, RAM_SECTION_VERSION),
+            w.mem_size([(self.block.idstr, self.block.used_length)]),
+        )
+        self._sync()
+        self._main_send(w.multifd_flush(), w.eos(), w.footer(RAM_SECTION_ID))
+
+    def _complete(self, synced: bool) -> None:
+        """``SWITCHOVER_START``, the END section with the last sync, EOF and the VM description.
+
+        ``synced``: the last round's SYNC packets are out (no rounds: this sends them).
+        """
+        w = self._writer
+        if not synced:  # ram_save_complete always syncs
+            self._sync()
+        self._main_send(
+            w.command(MIG_CMD_SWITCHOVER_START),
+            w.section_part(RAM_SECTION_ID, end=True),
+            w.multifd_flush(),
+            w.eos(),
+            w.footer(RAM_SECTION_ID),
+            w.eof(),
+            w.vmdescription(vmdescription(self.block.page_size)),
+        )
 
     # -- the whole migration
 
@@ -422,7 +494,8 @@ class MigrationSource:
         ----------
         rounds : iterable of numpy.ndarray
             Sorted, unique, checked ``uint64`` offsets, one array per round.
-            The iterable is advanced only after the previous round is synced.
+            The iterable is advanced only once the previous round's SYNC
+            packet is out on every channel.
 
         Returns
         -------
@@ -437,15 +510,21 @@ class MigrationSource:
         try:
             for sender in self.senders:
                 sender.thread.start()
-            self._main_send(
-                encode_file_header(),
-                encode_section(QEMU_VM_SECTION_START),
-                encode_mem_size([(self.block.idstr, self.block.used_length)]),
-                encode_flag(RAM_SAVE_FLAG_EOS),
-            )
-            for round_no, offsets in enumerate(rounds, start=1):
+            self._setup()
+            w = self._writer
+            pending = iter(rounds)
+            offsets = next(pending, None)
+            round_no = 0
+            while offsets is not None:  # one pass per round; the caller's iterable ends
+                round_no += 1
                 self._send_round(round_no, offsets)
-            self._main_send(encode_section(QEMU_VM_EOF))
+                # Asked for only now: every SYNC packet of the round is out.
+                offsets = next(pending, None)
+                if offsets is None:  # the last round's flush goes into the END section
+                    self._main_send(w.eos(), w.footer(RAM_SECTION_ID))
+                else:
+                    self._main_send(w.multifd_flush(), w.eos(), w.footer(RAM_SECTION_ID))
+            self._complete(synced=round_no > 0)
             for sender in self.senders:
                 self._put(sender, _STOP)
             self._join()

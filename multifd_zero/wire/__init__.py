@@ -4,9 +4,8 @@
   handshake (QEMU's ``migration/multifd.h``), byte for byte.
 - :mod:`multifd_zero.wire.savevm`: QEMU 10's precopy main stream, whole
   (``migration/savevm.c`` and the RAM records of ``migration/ram.c``): an
-  incremental reader and a writer;
-- :mod:`multifd_zero.wire.ramstream`: the engine's older subset of the main
-  channel's RAM records.
+  incremental reader and a writer. It is the one main-stream format: the
+  engine's source writes it and its destination reads it.
 
 The names of :mod:`multifd_zero.wire.multifd` are re-exported here, with the
 errors a decoder raises (from :mod:`multifd_zero.errors`) and

@@ -344,6 +344,7 @@ Event = (
     | Command
     | DeviceState
 )
+"""What :meth:`StreamReader.events` yields: one of the event classes above."""
 
 
 # ---------------------------------------------------------------- reader
@@ -366,7 +367,7 @@ class StreamReader:
         True when the caller already consumed the four ``QEVM`` bytes (to
         tell the main channel from multifd channels).
     max_device_state : int, optional
-        Largest device-state tail accepted (default 256 MiB).
+        Largest device-state tail accepted, in bytes (default 256 MiB).
 
     Attributes
     ----------

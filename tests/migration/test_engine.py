@@ -4,7 +4,9 @@ Expectations come from the reference model (``tests/support/qemu_model.py``):
 each round's pages are applied to a :class:`RefDestination` in QEMU's order,
 so the destination memory, its receivedmap, the zero pages written and the
 query-migrate counters must all match. Byte counters are checked exactly
-against QEMU's costs (1344-byte packets, 9-byte legacy zero records).
+against QEMU's costs (1344-byte packets, 9-byte legacy zero records, and the
+framing of QEMU 10's main stream: configuration, section headers and
+footers, the switchover command, the VM description).
 Destinations start filled with a sentinel byte, so a page the engine never
 wrote is visible.
 """
@@ -33,12 +35,14 @@ from support.qemu_model import RefDestination
 
 import multifd_zero as mz
 from multifd_zero import guest, stats, wire
+from multifd_zero.errors import StreamBlockError, StreamOffsetError, StreamSectionError
 from multifd_zero.migration import engine, shm, source, transport
 from multifd_zero.migration.destination import MigrationDestination
 from multifd_zero.migration.engine import migrate
 from multifd_zero.migration.shm import SharedRAM
 from multifd_zero.migration.transport import Channel, inprocess_pair
-from multifd_zero.wire import ramstream
+from multifd_zero.wire import savevm
+from multifd_zero.wire.savevm import MIG_CMD_SWITCHOVER_START, StreamWriter
 
 PS = 4096
 PAGES = 512  # a 2 MiB block
@@ -111,8 +115,12 @@ def expect(plan: Plan, mode: str, postcopy: bool, channels: int, page_count: int
     ref = RefDestination(bytes([SENTINEL]) * (PAGES * PS), PS)
     src = plan.initial.copy()
     plen = wire.packet_len(page_count)
-    multifd = 64 * channels
-    qemu_file = 8 + 1 + (8 + 1 + len(NAME) + 8) + 8  # header, START, MEM_SIZE, EOS
+    # Handshakes, and the setup sync's SYNC packet on every channel (ram_save_setup).
+    multifd = 64 * channels + channels * plen
+    qemu_file = 8 + (1 + 4 + len("multifd-zero"))  # file header; configuration, machine type
+    qemu_file += 1 + 4 + (1 + len("ram")) + 4 + 4  # SECTION_START: id, idstr, instance, version
+    qemu_file += (8 + 1 + len(NAME) + 8) + 8 + 8 + 5  # MEM_SIZE, MULTIFD_FLUSH, EOS, footer
+    named = False  # the block is named by the stream's first ZERO record only
     normal_total = zero_total = written = 0
     sets: list[list[int]] = [list(range(PAGES))] + [[] for _ in plan.changes]
     for r, _ in enumerate(sets):
@@ -127,7 +135,8 @@ def expect(plan: Plan, mode: str, postcopy: bool, channels: int, page_count: int
         data = b"".join(host[o : o + PS] for o in normal)
         if mode == "legacy":
             written += ref.recv_legacy_zero_pages(zero)
-            qemu_file += 9 * len(zero) + (1 + len(NAME) if zero else 0)
+            qemu_file += 9 * len(zero) + (1 + len(NAME) if zero and not named else 0)
+            named = named or bool(zero)
             batches = math.ceil(len(normal) / page_count)
         else:
             written += ref.recv_zero_page_process(zero, postcopy_ram=postcopy)
@@ -136,8 +145,11 @@ def expect(plan: Plan, mode: str, postcopy: bool, channels: int, page_count: int
         normal_total += len(normal)
         zero_total += len(zero)
         multifd += batches * plen + len(normal) * PS + channels * plen  # packets, data, SYNCs
-        qemu_file += 1 + 16  # PART, MULTIFD_FLUSH + EOS
-    qemu_file += 1  # QEMU_VM_EOF
+        qemu_file += 5 + 8 + 8 + 5  # SECTION_PART, MULTIFD_FLUSH, EOS, footer
+    # The last round's MULTIFD_FLUSH is in the END section, after SWITCHOVER_START
+    # (the same bytes moved), which has its own header, EOS and footer.
+    qemu_file += 5 + 5 + 8 + 5  # command, SECTION_END, EOS, footer
+    qemu_file += 1 + 1 + 4 + len(b'{"page_size": 4096, "devices": []}')  # EOF, VM description
     received = [i for i, bit in enumerate(ref.received) if bit]
     return Expected(
         bytes(ref.memory),
@@ -172,7 +184,8 @@ def check(result: engine.MigrationResult, dst: mz.RAMBlock, exp: Expected, chann
     report = result.destination
     assert report.zero_pages_written == exp.written
     assert report.rounds == exp.rounds
-    assert report.sync_packets == channels * exp.rounds
+    # One SYNC per channel at setup (ram_save_setup syncs, as QEMU 10 does), then per round.
+    assert report.sync_packets == channels * (exp.rounds + 1)
     assert report.bytes_received == ram["transferred"]
     assert report.received_pages == len(exp.received)
     assert result.pages_sent == exp.normal + exp.zero
@@ -220,7 +233,8 @@ def test_default_page_count_and_fresh_destination(transport: str) -> None:
     )
     assert result.destination_sha256 == hashlib.sha256(ram.tobytes()).hexdigest()
     pages = ram.size // PS
-    assert result.destination.packets == math.ceil(pages / 128) + 3  # data, then a SYNC each
+    # Data, and a SYNC on each channel at setup and at the end of the one round.
+    assert result.destination.packets == math.ceil(pages / 128) + 2 * 3
     assert result.ram["normal"] + result.ram["duplicate"] == pages
     assert result.gb_per_s > 0
     as_dict = result.as_dict()
@@ -416,6 +430,7 @@ class FakeSource:
     def __init__(self, channels: int = 2, page_count: int = 8) -> None:
         self.uuid = bytes(range(16))
         self.page_count = page_count
+        self.writer = StreamWriter(PS)  # the main stream, QEMU 10's format
         host = bytearray([SENTINEL]) * (64 * PS)
         self.block = mz.RAMBlock(NAME, host, PS)
         self.dest = MigrationDestination(
@@ -440,14 +455,17 @@ class FakeSource:
             self.outcome["error"] = exc
 
     def start(self, handshake: bool = True) -> None:
-        """The main stream's setup and a round section; each channel's handshake."""
+        """The main stream up to a round section's header; each channel's handshake."""
+        w = self.writer
         self.near[0].send(
             [
-                ramstream.encode_file_header(),
-                ramstream.encode_section(ramstream.QEMU_VM_SECTION_START),
-                ramstream.encode_mem_size([(NAME, self.block.used_length)]),
-                ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS),
-                ramstream.encode_section(ramstream.QEMU_VM_SECTION_PART),
+                w.header(),
+                w.configuration("multifd-zero"),
+                w.section_start(1),
+                w.mem_size([(NAME, self.block.used_length)]),
+                w.eos(),  # no setup MULTIFD_FLUSH: the tests send the SYNCs they want
+                w.footer(1),
+                w.section_part(1),
             ]
         )
         if handshake:
@@ -523,7 +541,7 @@ def test_bad_packet_closes_the_channel_and_writes_nothing(kind: str) -> None:
     src.near[1].send([good])
     src.near[1].send([wire.encode_packet(wire.RamPacket(flags=1), src.page_count)])  # SYNC
     src.near[2].send([wire.encode_packet(wire.RamPacket(flags=1), src.page_count)])
-    src.near[0].send([ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_MULTIFD_FLUSH)])
+    src.near[0].send([src.writer.multifd_flush()])
     src.near[2].send([make(src)])
     src.near[2].close()  # the end of the stream makes a truncation visible
     exc = src.finish()
@@ -544,7 +562,7 @@ def test_bad_packet_closes_the_channel_and_writes_nothing(kind: str) -> None:
         (lambda s: wire.encode_init(s.uuid, 2), wire.HandshakeError),  # id == channels
         (lambda s: wire.encode_init(s.uuid, 0), wire.HandshakeError),  # id 0 twice
         (lambda s: b"GARBAGE!", wire.MagicError),
-        (lambda s: ramstream.encode_file_header(), wire.HandshakeError),  # two mains
+        (lambda s: StreamWriter.header(), wire.HandshakeError),  # two mains
     ],
 )
 def test_bad_connections_are_refused(first_bytes: Any, error: type[Exception]) -> None:
@@ -562,9 +580,206 @@ def test_bad_main_stream_record_stops_the_destination() -> None:
     src = FakeSource()
     src.start()
     offs = np.array([2 * PS, 64 * PS], dtype=np.uint64)
-    src.near[0].send([ramstream.encode_zero_records(NAME, offs, continued=False)])
-    assert type(src.finish()) is wire.OffsetError
+    src.near[0].send([src.writer.zero_pages(NAME, offs)])
+    assert type(src.finish()) is StreamOffsetError  # a wire.OffsetError, with the byte offset
     assert (np.frombuffer(src.block.host, np.uint8) == SENTINEL).all()
+
+
+@pytest.mark.parametrize(
+    ("blocks", "match"),
+    [
+        ([(NAME, 64 * PS), ("vga.ram", PS)], "lacks"),  # one block too many
+        ([(NAME, 32 * PS)], "bytes on the source"),  # another size
+        ([("vga.ram", 64 * PS)], "lacks"),  # another name
+    ],
+)
+def test_block_list_disagreement_is_refused_before_any_channel_is_read(
+    blocks: list[tuple[str, int]], match: str
+) -> None:
+    """MEM_SIZE must list exactly the destination's blocks: a StreamBlockError (a
+    BlockError), and a channel's packet, already sent, is never applied."""
+    src = FakeSource()
+    w = src.writer
+    src.near[0].send(
+        [w.header(), w.configuration("multifd-zero"), w.section_start(1), w.mem_size(blocks)]
+    )
+    for i, chan in enumerate(src.near[1:]):
+        chan.send([wire.encode_init(src.uuid, i), src.packet([1], [2])])
+    exc = src.finish()
+    assert isinstance(exc, StreamBlockError) and isinstance(exc, wire.BlockError)
+    assert match in str(exc)
+    head = w.header() + w.configuration("multifd-zero") + w.section_start(1)
+    assert exc.offset == len(head)  # the MEM_SIZE record's
+    assert (np.frombuffer(src.block.host, np.uint8) == SENTINEL).all()
+    assert src.block.receivedmap.count() == 0
+
+
+def test_setup_section_must_begin_with_mem_size() -> None:
+    """A START section whose first record is not MEM_SIZE: refused, nothing waited for."""
+    src = FakeSource()
+    w = src.writer
+    src.near[0].send(
+        [w.header(), w.configuration("multifd-zero"), w.section_start(1), w.multifd_flush()]
+    )
+    for i, chan in enumerate(src.near[1:]):
+        chan.send([wire.encode_init(src.uuid, i)])
+    exc = src.finish()
+    assert type(exc) is StreamSectionError and "MEM_SIZE" in str(exc)
+
+
+def test_plain_precopy_stream_without_channels() -> None:
+    """With no multifd channel the main stream carries everything: PAGE records are
+    written with their data, ZERO records applied, rounds counted by PART section."""
+    block = mz.RAMBlock(NAME, bytearray([SENTINEL]) * (8 * PS), PS)
+    dest = MigrationDestination(
+        [block], channels=0, options=mz.MigrationOptions(), page_count=8, uuid=None, timeout=5
+    )
+    near, far = inprocess_pair(timeout=5)
+    w = StreamWriter(PS)
+    data = b"".join(bytes([p]) * PS for p in (1, 2, 5))
+    stream = b"".join(
+        [
+            w.header(),
+            w.configuration("multifd-zero"),
+            w.section_start(1),
+            w.mem_size([(NAME, 8 * PS)]),
+            w.eos(),
+            w.footer(1),
+            w.section_part(1),
+            w.pages(NAME, np.array([1, 2, 5], np.uint64) * np.uint64(PS), data),
+            w.zero_pages(NAME, np.array([3, 4], np.uint64) * np.uint64(PS)),
+            w.eos(),
+            w.footer(1),
+            w.command(MIG_CMD_SWITCHOVER_START),
+            w.section_part(1, end=True),
+            w.zero_pages(NAME, np.array([5], np.uint64) * np.uint64(PS)),
+            w.eos(),
+            w.footer(1),
+            w.eof(),
+            w.vmdescription(source.vmdescription(PS)),
+        ]
+    )
+    near.send([stream])
+    near.close()
+    report = dest.run([far])
+    out = np.frombuffer(block.host, np.uint8).reshape(-1, PS)
+    assert (out[1] == 1).all() and (out[2] == 2).all()
+    assert not out[3:6].any()  # zero-filled: 3 and 4 held the sentinel, 5 held data
+    assert (out[[0, 6, 7]] == SENTINEL).all()
+    assert (block.receivedmap.received_offsets() // PS).tolist() == [1, 2, 3, 4, 5]
+    assert (report.rounds, report.stream_pages, report.legacy_zero_pages) == (1, 3, 3)
+    assert (report.zero_pages_written, report.packets) == (3, 0)
+    assert report.bytes_received == len(stream)
+
+
+class RecordingChannel(Channel):
+    """A channel that keeps a copy of every byte sent through it."""
+
+    def __init__(self, inner: Channel) -> None:
+        super().__init__(inner.timeout)
+        self.inner = inner
+        self.sent = bytearray()
+
+    def send(self, parts: Any) -> int:
+        for part in parts:
+            self.sent += memoryview(part).cast("B")
+        return self.inner.send(parts)
+
+    def recv_into(self, view: memoryview) -> int:
+        return self.inner.recv_into(view)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_main_stream_is_qemu_10s(mode: str) -> None:
+    """The source's main stream, recorded and read back with savevm's reader: QEMU 10's
+    precopy layout for RAM with multifd, section by section, and byte-identical when
+    re-encoded from its events."""
+    ram = np.zeros(16 * PS, dtype=np.uint8)
+    ram[PS * 2] = 1  # page 2 normal, the others zero
+    channels = 2
+    pairs = [inprocess_pair(timeout=T) for _ in range(channels + 1)]
+    main = RecordingChannel(pairs[0][0])
+    options = mz.MigrationOptions(mz.ZeroPageDetection(mode))
+    dest = MigrationDestination(
+        [mz.RAMBlock(NAME, bytearray(16 * PS))],
+        channels=channels,
+        options=options,
+        page_count=4,
+        uuid=None,
+        timeout=T,
+    )
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: outcome.update(r=dest.run([b for _, b in pairs])))
+    thread.start()
+    sender = source.MigrationSource(
+        mz.RAMBlock(NAME, ram),
+        main,
+        [a for a, _ in pairs[1:]],
+        options=options,
+        stats=mz.MigrationStats(),
+        page_count=4,
+        uuid=bytes(16),
+        timeout=T,
+    )
+    every = np.arange(16, dtype=np.uint64) * np.uint64(PS)
+    sender.run([every, every[:4]])
+    thread.join(T)
+    assert outcome["r"].rounds == 2 and outcome["r"].sync_packets == 3 * channels
+    raw = bytes(main.sent)
+    events = savevm.read_stream(raw)
+    assert savevm.encode_events(events) == raw
+
+    def shape(ev: Any) -> Any:
+        if isinstance(ev, savevm.SectionHeader):
+            return ("section", ev.kind, ev.section_id, ev.idstr, ev.instance_id, ev.version_id)
+        if isinstance(ev, savevm.ZeroPages):
+            return ("zero", ev.idstr, (ev.offsets // PS).tolist())
+        if isinstance(ev, savevm.DeviceState):
+            return ("devices", ev.raw[:1], ev.vmdescription)
+        return ev
+
+    ram_id = ("ram", 0, 4)
+    zeros: list[Any] = []
+    got = [shape(ev) for ev in events]
+    # The zero records come in runs of a batch: join them before comparing.
+    for ev in got:
+        if isinstance(ev, tuple) and ev[0] == "zero":
+            zeros += ev[2]
+    got = [ev for ev in got if not (isinstance(ev, tuple) and ev[0] == "zero")]
+    assert got == [
+        savevm.FileHeader(3),
+        savevm.Configuration("multifd-zero", raw=StreamWriter.configuration("multifd-zero")),
+        ("section", savevm.QEMU_VM_SECTION_START, 1, *ram_id),
+        savevm.MemSize(((NAME, 16 * PS),)),
+        savevm.MultifdFlush(),  # the setup sync (ram_save_setup)
+        savevm.Eos(),
+        savevm.SectionFooter(1),
+        ("section", savevm.QEMU_VM_SECTION_PART, 1, *ram_id),  # round 1
+        savevm.MultifdFlush(),
+        savevm.Eos(),
+        savevm.SectionFooter(1),
+        ("section", savevm.QEMU_VM_SECTION_PART, 1, *ram_id),  # round 2: its sync is in END
+        savevm.Eos(),
+        savevm.SectionFooter(1),
+        savevm.Command(savevm.MIG_CMD_SWITCHOVER_START, "SWITCHOVER_START"),
+        ("section", savevm.QEMU_VM_SECTION_END, 1, *ram_id),
+        savevm.MultifdFlush(),
+        savevm.Eos(),
+        savevm.SectionFooter(1),
+        ("devices", bytes([savevm.QEMU_VM_EOF]), {"page_size": PS, "devices": []}),
+    ]
+    if mode == "legacy":  # the zero pages of both rounds, the block named once
+        assert zeros == [p for p in range(16) if p != 2] + [0, 1, 3]
+        assert raw.count(b"\x06" + NAME.encode()) == 2  # in MEM_SIZE and the first ZERO
+    else:
+        assert zeros == []
 
 
 def test_channel_ending_before_sync_is_an_error() -> None:
@@ -573,7 +788,7 @@ def test_channel_ending_before_sync_is_an_error() -> None:
     src.start()
     src.near[1].send([wire.encode_packet(wire.RamPacket(flags=1), src.page_count)])
     src.near[2].close()
-    src.near[0].send([ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_MULTIFD_FLUSH)])
+    src.near[0].send([src.writer.multifd_flush()])
     assert type(src.finish()) is wire.TruncatedError
 
 
@@ -750,7 +965,8 @@ def test_idle_channels_wait_while_the_migration_moves() -> None:
         timeout=0.5,
     )
     assert time.monotonic() - start > 1.0
-    assert result.ram["duplicate"] == 128 * 64 and result.destination.packets == 2  # SYNCs
+    # Only SYNC packets: one per channel at setup (ram_save_setup) and at the round's end.
+    assert result.ram["duplicate"] == 128 * 64 and result.destination.packets == 2 * 2
 
 
 def test_a_stalled_source_times_out() -> None:

@@ -101,10 +101,18 @@ from multifd_zero.wire import (
     decode_packet,
     packet_len,
 )
-from multifd_zero.wire.ramstream import (
+
+# savevm section framing (QEMU's migration/savevm.c) and the RAM section's records
+# (migration/ram.c), by the project's names; the parser below is the test's own.
+from multifd_zero.wire.savevm import (
+    QEMU_VM_COMMAND,
+    QEMU_VM_CONFIGURATION,
     QEMU_VM_EOF,
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_FILE_VERSION,
+    QEMU_VM_SECTION_END,
+    QEMU_VM_SECTION_FOOTER,
+    QEMU_VM_SECTION_FULL,
     QEMU_VM_SECTION_PART,
     QEMU_VM_SECTION_START,
     RAM_SAVE_FLAG_CONTINUE,
@@ -124,14 +132,6 @@ SEED = 20240311
 REQUIRE = os.environ.get("MULTIFD_ZERO_REQUIRE_QEMU") == "1"
 BATCH = multifd_zero.multifd_ram_page_count(PAGE)  # 128 pages per multifd packet
 PACKET_LEN = packet_len(BATCH)  # 1344 bytes before the payload
-
-# savevm section framing (QEMU's migration/savevm.c); the RAM section's own
-# records use the project's names from multifd_zero.wire.ramstream.
-QEMU_VM_SECTION_END = 0x03
-QEMU_VM_SECTION_FULL = 0x04
-QEMU_VM_COMMAND = 0x08
-QEMU_VM_CONFIGURATION = 0x07
-QEMU_VM_SECTION_FOOTER = 0x7E
 
 
 def unavailable(reason: str) -> NoReturn:

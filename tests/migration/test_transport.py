@@ -21,6 +21,7 @@ import pytest
 
 import multifd_zero as mz
 from multifd_zero import wire
+from multifd_zero.errors import StreamBlockError, StreamOffsetError
 from multifd_zero.migration import transport
 from multifd_zero.migration.process import (
     DestinationConfig,
@@ -30,7 +31,7 @@ from multifd_zero.migration.process import (
 )
 from multifd_zero.migration.shm import SharedRAM
 from multifd_zero.migration.transport import Channel, Listener, connect, inprocess_pair
-from multifd_zero.wire import ramstream
+from multifd_zero.wire.savevm import StreamWriter
 
 T = 5.0  # seconds: the bound on every wait in these tests
 
@@ -251,6 +252,12 @@ def test_rebuild_error_keeps_the_class() -> None:
     other = rebuild_error("KeyError", "m")
     assert type(other).__name__ == "MigrationError" and "KeyError" in str(other)
     assert type(rebuild_error("RamPacket", "m")).__name__ == "MigrationError"
+    # A main-stream error needs its reason and offset: the same message comes back.
+    original = StreamBlockError("bad block", 65)
+    again = rebuild_error("StreamBlockError", str(original), reason="bad block", offset=65)
+    assert type(again) is StreamBlockError and isinstance(again, wire.BlockError)
+    assert (str(again), again.offset) == (str(original), 65)
+    assert type(rebuild_error("StreamBlockError", "m")) is StreamBlockError  # an older child
 
 
 def _child_config(uuid: bytes, **changes: object) -> DestinationConfig:
@@ -293,12 +300,15 @@ def test_destination_process_refuses_a_bad_packet(tmp_path: Path) -> None:
         address = tuple(child.expect("listening")["address"])
         main = connect("tcp", address, timeout=T)
         chan = connect("tcp", address, timeout=T)
+        w = StreamWriter()
         main.send(
             [
-                ramstream.encode_file_header(),
-                ramstream.encode_section(ramstream.QEMU_VM_SECTION_START),
-                ramstream.encode_mem_size([("pc.ram", 8 * 4096)]),
-                ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS),
+                w.header(),
+                w.configuration("multifd-zero"),
+                w.section_start(1),
+                w.mem_size([("pc.ram", 8 * 4096)]),
+                w.eos(),
+                w.footer(1),
             ]
         )
         chan.send([wire.encode_init(uuid, 0)])
@@ -313,6 +323,36 @@ def test_destination_process_refuses_a_bad_packet(tmp_path: Path) -> None:
         with pytest.raises(wire.OffsetError):
             child.expect("complete")
         assert_closed_by_peer(chan)
+        main.close()
+        chan.close()
+    finally:
+        child.kill()
+
+
+def test_destination_process_refuses_a_bad_main_stream_record(tmp_path: Path) -> None:
+    """A zero record past the block, over TCP: the StreamOffsetError comes back with its
+    byte offset in the main stream."""
+    uuid = bytes(16)
+    child = DestinationProcess(_child_config(uuid), cwd=str(tmp_path), timeout=30)
+    try:
+        address = tuple(child.expect("listening")["address"])
+        main = connect("tcp", address, timeout=T)
+        chan = connect("tcp", address, timeout=T)
+        w = StreamWriter()
+        setup = [
+            w.header(),
+            w.configuration("multifd-zero"),
+            w.section_start(1),
+            w.mem_size([("pc.ram", 8 * 4096)]),
+            w.eos(),
+            w.footer(1),
+            w.section_part(1),
+        ]
+        main.send([*setup, w.zero_pages("pc.ram", np.array([8 * 4096], np.uint64))])
+        chan.send([wire.encode_init(uuid, 0)])
+        with pytest.raises(StreamOffsetError) as caught:
+            child.expect("complete")
+        assert caught.value.offset == sum(len(part) for part in setup)
         main.close()
         chan.close()
     finally:

@@ -10,7 +10,8 @@ step by step:
   channel's detection (``send_zero_page_detect``), with the release rule;
 - every packet goes through the wire format: a multifd RAM packet
   (``wire.encode_packet``, decoded with ``wire.decode_packet`` when its
-  delivery starts) or main-stream zero records (``ramstream``), and must
+  delivery starts) or main-stream zero records (``wire.savevm``, read back
+  inside a RAM PART section of a QEMU 10 main stream), and must
   decode to exactly what was sent (``[wire]``);
 - the start and the end of a packet's delivery on any channel (channels are
   FIFO, as a socket is, but independent of each other), so deliveries of
@@ -90,6 +91,7 @@ soon as hypothesis finds the bug.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,7 +130,7 @@ from support.receivers import (
 
 import multifd_zero as mz
 from multifd_zero import wire
-from multifd_zero.wire import ramstream
+from multifd_zero.wire import savevm
 
 PAGE_SIZES = (1024, 4096)
 MAX_PAGES = 130
@@ -287,9 +289,7 @@ class MigrationMachine(RuleBasedStateMachine):
             zero_pages = {int(o) // ps: versions[int(o) // ps] for o in legacy_zero}
             packet = Packet("main", "legacy", np.zeros(0, np.uint64), b"", legacy_zero, zero_pages)
             # On the wire: RAM_SAVE_FLAG_ZERO records of the main stream.
-            packet.private["wire"] = ramstream.encode_zero_records(
-                "pc.ram", legacy_zero, continued=False
-            )
+            packet.private["wire"] = savevm.StreamWriter(ps).zero_pages("pc.ram", legacy_zero)
             self.queues["main"].append(packet)
         # The channel: multifd detection on what is left.
         if rest.size:
@@ -370,13 +370,17 @@ class MigrationMachine(RuleBasedStateMachine):
         raw = packet.private.pop("wire")
         blocks = {"pc.ram": self.n * self.ps}
         if packet.kind == "legacy":
-            reader = ramstream.RamStreamReader(
-                _BytesChannel(raw), page_size=self.ps, blocks=blocks  # type: ignore[arg-type]
-            )
-            record = reader.read_record()
-            assert isinstance(record, ramstream.ZeroRun) and record.idstr == "pc.ram"
+            # The records go into a RAM PART section of a whole stream, as the engine sends them.
+            w = savevm.StreamWriter(self.ps)
+            setup = [w.header(), w.configuration("multifd-zero"), w.section_start(1)]
+            setup += [w.mem_size(list(blocks.items())), w.eos(), w.footer(1), w.section_part(1)]
+            reader = savevm.StreamReader(_BytesChannel(b"".join([*setup, raw, w.eos()])),
+                                         page_size=self.ps)
+            events = list(itertools.islice(reader.events(), len(setup) + 2))
+            record = events[-2]
+            assert isinstance(record, savevm.ZeroPages) and record.idstr == "pc.ram"
             assert record.offsets.tolist() == packet.zero.tolist(), "[wire] zero records"
-            assert reader.at_end()
+            assert events[-1] == savevm.Eos(), "[wire] the records end where they were cut"
             packet.zero = record.offsets
             return
         size = wire.packet_len(self.capacity)
@@ -511,7 +515,7 @@ class MigrationMachine(RuleBasedStateMachine):
 
 
 class _BytesChannel:
-    """What RamStreamReader reads from: ``recv_into`` over fixed bytes."""
+    """What StreamReader reads from: ``recv_into`` over fixed bytes."""
 
     def __init__(self, raw: bytes) -> None:
         self.raw, self.pos = raw, 0

@@ -953,67 +953,105 @@ class BytesChannel:
 
 @st.composite
 def main_streams(draw: st.DrawFn) -> tuple[bytes, int, dict[str, int]]:
-    """A valid main stream: header, setup section, rounds of zero records and flags, EOF."""
-    from multifd_zero.wire import ramstream as rs
+    """A valid QEMU 10 main stream (``wire.savevm``): header, configuration, the RAM START
+    section with the block list, rounds of zero and page records and flushes in PART
+    sections, SWITCHOVER_START, the END section, EOF and the VM description."""
+    from multifd_zero.wire import savevm
 
     page_size = draw(st.sampled_from([1024, 4096]))
     blocks_ = {"pc.ram": 32 * page_size, "vga": 4 * page_size}
-    parts = [rs.encode_file_header(), rs.encode_section(rs.QEMU_VM_SECTION_START),
-             rs.encode_mem_size(list(blocks_.items())), rs.encode_flag(rs.RAM_SAVE_FLAG_EOS)]
+    w = savevm.StreamWriter(page_size)
+    parts = [w.header(), w.configuration(draw(st.sampled_from(["multifd-zero", "none"]))),
+             w.section_start(1), w.mem_size(list(blocks_.items()))]
+    if draw(st.booleans()):
+        parts.append(w.multifd_flush())
+    parts += [w.eos(), w.footer(1)]
     for _ in range(draw(st.integers(0, 3))):
-        parts.append(rs.encode_section(rs.QEMU_VM_SECTION_PART))
+        parts.append(w.section_part(1))
         for name in draw(st.lists(st.sampled_from(sorted(blocks_)), max_size=3)):
             pages = draw(st.lists(st.integers(0, blocks_[name] // page_size - 1), min_size=1,
                                   max_size=6))
             offs = np.array(pages, dtype=np.uint64) * np.uint64(page_size)
-            parts.append(rs.encode_zero_records(name, offs, continued=draw(st.booleans())
-                                                and len(parts) > 5))
+            if draw(st.booleans()):
+                parts.append(w.zero_pages(name, offs))
+            else:
+                parts.append(w.pages(name, offs, bytes(range(256)) * (len(pages) * page_size
+                                                                       // 256)))
         if draw(st.booleans()):
-            parts.append(rs.encode_flag(rs.RAM_SAVE_FLAG_MULTIFD_FLUSH))
-        parts.append(rs.encode_flag(rs.RAM_SAVE_FLAG_EOS))
-    parts.append(bytes([rs.QEMU_VM_EOF]))
+            parts.append(w.multifd_flush())
+        parts += [w.eos(), w.footer(1)]
+    parts += [w.command(savevm.MIG_CMD_SWITCHOVER_START), w.section_part(1, end=True),
+              w.eos(), w.footer(1), w.eof(), w.vmdescription(b'{"devices": []}')]
     return b"".join(parts), page_size, blocks_
 
 
 def read_main_stream(raw: bytes, chunks: list[int], page_size: int, blocks_: dict[str, int],
-                     magic_read: bool) -> list[Any]:
-    """Read a whole main stream the way the destination does; return what it held."""
-    from multifd_zero.migration.transport import Channel
-    from multifd_zero.wire import ramstream as rs
+                     magic_read: bool, whole: bool = False) -> list[Any]:
+    """Read a whole main stream the way the destination does; return what it held.
 
-    channel = BytesChannel(raw[4:] if magic_read else raw, chunks)
-    Channel.register(BytesChannel)  # a virtual subclass: the reader only calls recv_into
-    reader = rs.RamStreamReader(channel, page_size=page_size, blocks=blocks_,  # type: ignore[arg-type]
-                                magic_read=magic_read)
-    reader.read_header()
+    Every page event must be inside a block of the stream's own block list,
+    page-aligned, with a page of data per offset; the reader must end with the
+    device state. ``whole``: through ``savevm.read_stream`` (all bytes at once).
+    """
+    from multifd_zero.migration.transport import Channel
+    from multifd_zero.wire import savevm
+
+    if whole:
+        events: Any = savevm.read_stream(raw, page_size=page_size)
+        declared: dict[str, int] = {}
+    else:
+        channel = BytesChannel(raw[4:] if magic_read else raw, chunks)
+        Channel.register(BytesChannel)  # a virtual subclass: the reader only calls recv_into
+        reader = savevm.StreamReader(channel, page_size=page_size, magic_read=magic_read)
+        events = reader.events()
+        declared = reader.blocks
     seen: list[Any] = []
-    steps = 0
-    while not reader.at_end():
-        kind = reader.read_section()
-        if kind == rs.QEMU_VM_EOF:
-            break
-        while True:
-            steps += 1
-            assert steps < 10 * len(raw) + 10, "the reader makes no progress"
-            record = reader.read_record()
-            seen.append(record)
-            if isinstance(record, rs.ZeroRun):
-                used = blocks_[record.idstr]
-                offs = record.offsets.tolist()
-                assert offs and all(o % page_size == 0 and o + page_size <= used for o in offs)
-            if isinstance(record, rs.Flag) and record.flag == rs.RAM_SAVE_FLAG_EOS:
-                break
+    for event in events:
+        assert len(seen) < 10 * len(raw) + 10, "the reader makes no progress"
+        seen.append(event)
+        if isinstance(event, savevm.MemSize):
+            declared = dict(event.blocks)
+        if isinstance(event, (savevm.ZeroPages, savevm.Pages)):
+            used = declared[event.idstr]
+            offs = event.offsets.tolist()
+            assert offs and all(o % page_size == 0 and o + page_size <= used for o in offs)
+        if isinstance(event, savevm.Pages):
+            assert len(event.data) == len(offs) * page_size
+    assert seen and isinstance(seen[-1], savevm.DeviceState), "the stream ended unchecked"
     return seen
 
 
-@target("RamStreamReader")
-def _ram_stream(data: st.DataObject) -> Case:
+@target("StreamReader")
+def _main_stream(data: st.DataObject) -> Case:
     raw, page_size, blocks_ = data.draw(main_streams(), label="stream")
     mutated, _ = data.draw(corrupted(raw, 1), label="corruption")
     chunks = data.draw(st.lists(st.integers(1, 64), max_size=4), label="chunks")
     magic_read = data.draw(st.booleans(), label="magic_read")
+    whole = not magic_read and data.draw(st.booleans(), label="read_stream")
     ps = data.draw(st.one_of(st.just(page_size), VALID_PS), label="page_size")
-    return Case(lambda: read_main_stream(mutated, chunks, ps, blocks_, magic_read), [])
+    return Case(lambda: read_main_stream(mutated, chunks, ps, blocks_, magic_read, whole), [])
+
+
+def test_every_cut_of_a_main_stream_is_a_truncation() -> None:
+    """The engine's main stream cut after any byte (even inside the VM description)
+    raises StreamTruncatedError, never returns, never another error."""
+    from multifd_zero.errors import StreamTruncatedError
+    from multifd_zero.wire import savevm
+
+    w = savevm.StreamWriter(1024)
+    offs = np.array([0, 1024, 3072], dtype=np.uint64)
+    raw = b"".join([
+        w.header(), w.configuration("multifd-zero"), w.section_start(1),
+        w.mem_size([("pc.ram", 4 * 1024)]), w.multifd_flush(), w.eos(), w.footer(1),
+        w.section_part(1), w.zero_pages("pc.ram", offs), w.pages("pc.ram", offs[:1], bytes(1024)),
+        w.eos(), w.footer(1), w.command(savevm.MIG_CMD_SWITCHOVER_START),
+        w.section_part(1, end=True), w.multifd_flush(), w.eos(), w.footer(1), w.eof(),
+        w.vmdescription(b'{"page_size": 1024, "devices": []}'),
+    ])
+    assert isinstance(savevm.read_stream(raw, page_size=1024)[-1], savevm.DeviceState)
+    for cut in range(len(raw)):
+        with pytest.raises(StreamTruncatedError):
+            savevm.read_stream(raw[:cut], page_size=1024)
 
 
 # The decoders of the wire formats, and which target covers each.
@@ -1021,11 +1059,12 @@ DECODERS = {
     "multifd_zero.wire.decode_packet": "decode_packet",
     "multifd_zero.wire.check_header": "check_header",
     "multifd_zero.wire.decode_init": "decode_init",
-    "multifd_zero.wire.ramstream.RamStreamReader": "RamStreamReader",
+    "multifd_zero.wire.savevm.StreamReader": "StreamReader",
+    "multifd_zero.wire.savevm.read_stream": "StreamReader",
 }
 # Examples per target, as a multiple of the profile's max_examples: the
 # decoders of untrusted bytes get the most; a migration costs the most.
-SCALE = {"decode_packet": 5, "check_header": 3, "decode_init": 3, "RamStreamReader": 5,
+SCALE = {"decode_packet": 5, "check_header": 3, "decode_init": 3, "StreamReader": 5,
          "migrate": 0.25}
 
 
@@ -1138,11 +1177,11 @@ def test_hostile_regressions(name: str) -> None:
 def test_every_decoder_is_fuzzed() -> None:
     """Each decoder in the wire and stream modules has a target here (and in fuzz/)."""
     from multifd_zero import wire
-    from multifd_zero.wire import ramstream
+    from multifd_zero.wire import savevm
 
     found = {f"multifd_zero.wire.{n}" for n in wire.__all__
              if n.startswith(("decode", "check_", "unfill", "parse", "read"))}
-    found |= {f"multifd_zero.wire.ramstream.{n}" for n in ramstream.__all__
+    found |= {f"multifd_zero.wire.savevm.{n}" for n in savevm.__all__
               if n.startswith(("decode", "read", "parse")) or n.endswith("Reader")}
     assert found <= set(DECODERS), f"decoders with no hostile target: {found - set(DECODERS)}"
     assert set(DECODERS.values()) <= set(TARGETS)

@@ -1,9 +1,13 @@
-"""The wire format: QEMU's multifd RAM packet, the channel handshake and the main-stream records.
+"""The wire format: QEMU's multifd RAM packet, the channel handshake and the main stream.
 
 The encoder is checked byte by byte against the field offsets of QEMU's
 ``MultiFDPacket_t`` (``migration/multifd.h``; read back with ``struct``, not with
 the decoder), every field round-trips through the decoder, and every kind of
-bad packet raises its :class:`~multifd_zero.wire.PacketError` subclass.
+bad packet raises its :class:`~multifd_zero.wire.PacketError` subclass. The
+main stream is QEMU 10's (:mod:`multifd_zero.wire.savevm`): its records are
+laid out as ``migration/savevm.c`` and ``migration/ram.c`` write them, and
+each kind of bad stream raises its :class:`~multifd_zero.errors.StreamError`
+subclass, which is also the matching packet error.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from multifd_zero import wire
+from multifd_zero import errors, wire
 from multifd_zero.migration.transport import inprocess_pair
-from multifd_zero.wire import ramstream
-from multifd_zero.wire.ramstream import RamStreamReader
+from multifd_zero.wire import savevm
+from multifd_zero.wire.savevm import StreamReader, StreamWriter
 
 PS = 4096
 NAME = "pc.ram"
@@ -373,8 +377,8 @@ def test_bad_handshakes(mutate: object, error: type[wire.PacketError]) -> None:
 
 
 def test_doctests() -> None:
-    """The examples in wire's and ramstream's docstrings pass."""
-    for module in (wire.multifd, ramstream):
+    """The examples in wire's and savevm's docstrings pass."""
+    for module in (wire.multifd, savevm):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0
 
@@ -382,15 +386,59 @@ def test_doctests() -> None:
 # ------------------------------------------------------- the main-stream records
 
 
-def read_all(data: bytes, blocks: dict[str, int], page_size: int = PS) -> list[object]:
-    """Every record of ``data`` (a main stream body after the header) via the reader."""
+def ram_stream(
+    records: bytes, blocks: dict[str, int], *, mem_size: bytes | None = None, cut: bool = False
+) -> bytes:
+    """A whole QEMU 10 main stream whose one PART section holds ``records``.
+
+    ``mem_size`` replaces the START section's block list; ``cut`` ends the
+    stream right after ``records`` (for truncations).
+    """
+    w = StreamWriter(PS)
+    head = [
+        w.header(),
+        w.configuration("multifd-zero"),
+        w.section_start(1),
+        w.mem_size(list(blocks.items())) if mem_size is None else mem_size,
+        w.eos(),
+        w.footer(1),
+        w.section_part(1),
+        records,
+    ]
+    if cut:
+        return b"".join(head)
+    tail = [
+        w.eos(),
+        w.footer(1),
+        w.command(savevm.MIG_CMD_SWITCHOVER_START),
+        w.section_part(1, end=True),
+        w.eos(),
+        w.footer(1),
+        w.eof(),
+        w.vmdescription(b'{"page_size": 4096, "devices": []}'),
+    ]
+    return b"".join(head + tail)
+
+
+def read_all(
+    records: bytes, blocks: dict[str, int], *, seen: list[object] | None = None, **kw: object
+) -> list[object]:
+    """The RAM events of ``records`` (the PART section's), read through a channel.
+
+    ``seen`` collects every event as it comes, so a test sees what came before an error.
+    """
     near, far = inprocess_pair(timeout=5)
-    near.send([data])
+    near.send([ram_stream(records, blocks, **kw)])  # type: ignore[arg-type]
     near.close()
-    reader = RamStreamReader(far, page_size=page_size, blocks=blocks, magic_read=False)
-    out: list[object] = []
-    while not reader.at_end():
-        out.append(reader.read_record())
+    out: list[object] = [] if seen is None else seen
+    in_part = False
+    for event in StreamReader(far, page_size=PS).events():
+        if isinstance(event, savevm.SectionHeader):
+            in_part = event.kind == savevm.QEMU_VM_SECTION_PART
+        elif isinstance(event, savevm.SectionFooter):
+            in_part = False
+        elif in_part and not isinstance(event, savevm.Eos):
+            out.append(event)
     return out
 
 
@@ -399,66 +447,160 @@ def read_all(data: bytes, blocks: dict[str, int], page_size: int = PS) -> list[o
     st.booleans(),
 )
 def test_zero_records_round_trip(runs: list[list[int]], named_each: bool) -> None:
-    """Zero records written a run at a time are read back as the same offsets, 9 bytes a page."""
+    """Zero records written a run at a time are read back as the same offsets, 9 bytes a
+    page; one writer names the block once (CONTINUE after), a fresh one names it again."""
     blocks = {"pc.ram": 1024 * PS}
     data = b""
     expected: list[int] = []
+    writer = StreamWriter(PS)
     for k, pages in enumerate(runs):
         offs = np.array(pages, dtype=np.uint64) * np.uint64(PS)
-        chunk = ramstream.encode_zero_records("pc.ram", offs, continued=k > 0 and not named_each)
+        if named_each:
+            writer = StreamWriter(PS)
+        chunk = writer.zero_pages("pc.ram", offs)
         assert len(chunk) == 9 * len(pages) + (0 if k > 0 and not named_each else 7)
         data += chunk
         expected += [p * PS for p in pages]
-    records = read_all(data, blocks)
     got: list[int] = []
-    for rec in records:
-        assert isinstance(rec, ramstream.ZeroRun) and rec.idstr == "pc.ram"
+    for rec in read_all(data, blocks):
+        assert isinstance(rec, savevm.ZeroPages) and rec.idstr == "pc.ram"
         got += rec.offsets.tolist()
     assert got == expected
 
 
 def test_main_stream_records_layout() -> None:
-    """EOS, MULTIFD_FLUSH, MEM_SIZE and the first zero record's name, as QEMU lays them out."""
-    assert ramstream.encode_file_header() == bytes.fromhex("5145564d00000003")
-    assert ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_EOS) == (0x10).to_bytes(8, "big")
-    flush = ramstream.encode_flag(ramstream.RAM_SAVE_FLAG_MULTIFD_FLUSH)
+    """The file header, configuration, section headers and footers, the command, EOS,
+    MULTIFD_FLUSH, MEM_SIZE and the first zero record's name, as QEMU 10 lays them out
+    (``migration/savevm.c``, ``migration/ram.c``)."""
+    w = StreamWriter(PS)
+    assert w.header() == bytes.fromhex("5145564d00000003")
+    assert w.configuration("none") == bytes.fromhex("07 00000004") + b"none"
+    assert w.section_start(1) == bytes.fromhex("01 00000001 03") + b"ram" + bytes.fromhex(
+        "00000000 00000004"
+    )
+    assert w.section_part(1) == bytes.fromhex("02 00000001")
+    assert w.section_part(1, end=True) == bytes.fromhex("03 00000001")
+    assert w.footer(1) == bytes.fromhex("7e 00000001")
+    assert w.command(savevm.MIG_CMD_SWITCHOVER_START) == bytes.fromhex("08 000b 0000")
+    assert w.eof() + w.vmdescription(b"{}") == bytes.fromhex("00 06 00000002") + b"{}"
+    assert w.eos() == (0x10).to_bytes(8, "big")
+    flush = w.multifd_flush()
     assert flush == (0x200).to_bytes(8, "big")
-    first = ramstream.encode_zero_records("pc.ram", np.array([8192], np.uint64), continued=False)
+    first = w.zero_pages("pc.ram", np.array([8192], np.uint64))
     assert first == (8192 | 0x02).to_bytes(8, "big") + b"\x06pc.ram" + b"\0"
+    assert w.zero_pages("pc.ram", np.array([4096], np.uint64)) == (4096 | 0x22).to_bytes(
+        8, "big"
+    ) + b"\0"  # the same block again: CONTINUE, no name
     blocks = {"pc.ram": 8 * PS, "vga": 2 * PS}
-    size = ramstream.encode_mem_size(list(blocks.items()))
+    size = w.mem_size(list(blocks.items()))
     assert size[:8] == ((10 * PS) | 0x04).to_bytes(8, "big")
-    records = read_all(size + flush, blocks)
-    assert records == [ramstream.MemSize(blocks), ramstream.Flag(0x200)]
+    assert size[8:] == b"\x06pc.ram" + (8 * PS).to_bytes(8, "big") + b"\x03vga" + (
+        2 * PS
+    ).to_bytes(8, "big")
+    events = savevm.read_stream(ram_stream(flush, blocks, mem_size=size))
+    assert savevm.MemSize(tuple(blocks.items())) in events
+    assert events.count(savevm.MultifdFlush()) == 1
+
+
+BAD_RECORDS = [
+    ((PS | 0x22).to_bytes(8, "big") + b"\0", errors.StreamBlockError),  # CONTINUE before a name
+    ((PS | 0x02).to_bytes(8, "big") + b"\x03vga\0", errors.StreamBlockError),  # unknown block
+    ((PS | 0x02).to_bytes(8, "big") + b"\x06pc.ram\x01", errors.StreamFlagsError),  # fill byte
+    ((8 * PS | 0x02).to_bytes(8, "big") + b"\x06pc.ram\0", errors.StreamOffsetError),  # past end
+    ((8 * PS | 0x08).to_bytes(8, "big") + b"\x06pc.ram" + bytes(PS), errors.StreamOffsetError),
+    ((PS | 0x40).to_bytes(8, "big"), errors.UnsupportedStreamError),  # XBZRLE
+    ((PS | 0x80).to_bytes(8, "big"), errors.UnsupportedStreamError),  # HOOK (RDMA)
+    ((PS | 0x400).to_bytes(8, "big"), errors.StreamFlagsError),  # no such flag
+    ((PS | 0x10).to_bytes(8, "big"), errors.StreamFlagsError),  # EOS with an offset
+    ((0x30).to_bytes(8, "big"), errors.StreamFlagsError),  # CONTINUE on EOS
+    ((8 * PS | 0x04).to_bytes(8, "big"), errors.StreamBlockError),  # MEM_SIZE in a PART
+]
+
+
+@pytest.mark.parametrize(("data", "error"), BAD_RECORDS)
+def test_bad_main_stream_records(data: bytes, error: type[errors.StreamError]) -> None:
+    """Each bad RAM record raises its StreamError subclass (a PacketError, with the byte
+    offset of the record in the stream)."""
+    with pytest.raises(error) as caught:
+        read_all(data, {"pc.ram": 8 * PS})
+    assert isinstance(caught.value, wire.PacketError)
+    # The record starts where the PART section's header ends.
+    start = len(ram_stream(b"", {"pc.ram": 8 * PS}, cut=True))
+    assert start <= caught.value.offset < start + len(data)
 
 
 @pytest.mark.parametrize(
-    ("data", "error"),
+    "data",
     [
-        ((PS | 0x22).to_bytes(8, "big") + b"\0", wire.BlockError),  # CONTINUE before any name
-        ((PS | 0x02).to_bytes(8, "big") + b"\x03vga\0", wire.BlockError),  # unknown block
-        ((PS | 0x02).to_bytes(8, "big") + b"\x06pc.ram\x01", wire.FlagsError),  # fill byte
-        ((8 * PS | 0x02).to_bytes(8, "big") + b"\x06pc.ram\0", wire.OffsetError),  # past end
-        ((PS | 0x08).to_bytes(8, "big") + bytes(PS), wire.FlagsError),  # PAGE: not used here
-        ((PS | 0x40).to_bytes(8, "big"), wire.FlagsError),  # XBZRLE
-        ((PS | 0x10).to_bytes(8, "big"), wire.FlagsError),  # EOS with an offset
-        ((0x02).to_bytes(8, "big") + b"\x06pc.r", wire.TruncatedError),
-        (
-            (8 * PS | 0x04).to_bytes(8, "big") + b"\x06pc.ram" + (4 * PS).to_bytes(8, "big"),
-            wire.BlockError,
-        ),  # a block of another size
+        (0x02).to_bytes(8, "big") + b"\x06pc.r",  # inside the block name
+        (0x02).to_bytes(8, "big"),  # before the name
+        (0x08).to_bytes(4, "big"),  # inside the record's word
     ],
 )
-def test_bad_main_stream_records(data: bytes, error: type[wire.PacketError]) -> None:
-    """Each bad main-stream record raises its PacketError subclass."""
+def test_truncated_main_stream_records(data: bytes) -> None:
+    """A stream that ends inside a record: StreamTruncatedError (a TruncatedError)."""
+    with pytest.raises(errors.StreamTruncatedError):
+        read_all(data, {"pc.ram": 8 * PS}, cut=True)
+    assert issubclass(errors.StreamTruncatedError, wire.TruncatedError)
+
+
+def _mem_size(total: int, *entries: tuple[bytes, int]) -> bytes:
+    out = (total | 0x04).to_bytes(8, "big")
+    for name, length in entries:
+        out += bytes([len(name)]) + name + length.to_bytes(8, "big")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mem_size", "error"),
+    [
+        (_mem_size(8 * PS, (b"pc.ram", 4 * PS), (b"vga", 8 * PS)), errors.StreamBlockError),
+        (_mem_size(8 * PS, (b"pc.ram", 4 * PS), (b"pc.ram", 4 * PS)), errors.StreamBlockError),
+        (_mem_size(8 * PS, (b"pc.ram", 8 * PS - 1)), errors.StreamSizeError),  # unaligned
+        (_mem_size(8 * PS, (b"pc.ram", 0)), errors.StreamSizeError),
+        (_mem_size(0), errors.StreamBlockError),  # no blocks
+        (_mem_size(1 << 63), errors.StreamSizeError),
+    ],
+)
+def test_bad_block_lists(mem_size: bytes, error: type[errors.StreamError]) -> None:
+    """A MEM_SIZE block list that does not add up, repeats a block or has a bad length:
+    refused (the destination then compares a good one with its own blocks)."""
     with pytest.raises(error):
-        read_all(data, {"pc.ram": 8 * PS})
+        read_all(b"", {"pc.ram": 8 * PS}, mem_size=mem_size)
+
+
+def test_pages_of_a_block_not_in_the_list_are_refused() -> None:
+    """A zero record of a block the stream's MEM_SIZE did not list: StreamBlockError."""
+    listed = _mem_size(8 * PS, (b"pc.ram", 8 * PS))
+    record = (PS | 0x02).to_bytes(8, "big") + b"\x03vga\0"
+    with pytest.raises(errors.StreamBlockError, match="unknown RAM block"):
+        read_all(record, {"pc.ram": 8 * PS}, mem_size=listed)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda raw: b"QEVN" + raw[4:], errors.StreamMagicError),
+        (lambda raw: raw[:7] + b"\x02" + raw[8:], errors.StreamVersionError),
+        (lambda raw: raw[:8] + b"\x01" + raw[9:], errors.StreamSectionError),  # no configuration
+        (lambda raw: raw + b"\x00", errors.StreamTruncatedError),  # bytes after the description
+    ],
+)
+def test_bad_main_stream_framing(mutate: object, error: type[errors.StreamError]) -> None:
+    """The stream's framing: magic, version, the configuration section, its end."""
+    assert callable(mutate)
+    raw = ram_stream(b"", {"pc.ram": 8 * PS})
+    with pytest.raises(error):
+        savevm.read_stream(mutate(raw))
+    assert issubclass(errors.StreamMagicError, wire.MagicError)
 
 
 def test_bad_zero_record_inside_a_run_rejects_the_whole_run() -> None:
     """A bad fill byte in the middle of a buffered run: nothing of the run is returned."""
     offs = np.arange(1, 8, dtype=np.uint64) * np.uint64(PS)
-    data = bytearray(ramstream.encode_zero_records("pc.ram", offs, continued=False))
+    data = bytearray(StreamWriter(PS).zero_pages("pc.ram", offs))
     data[-10] = 1  # the fill byte of the next-to-last record
-    with pytest.raises(wire.FlagsError):
-        read_all(bytes(data), {"pc.ram": 8 * PS})
+    seen: list[object] = []
+    with pytest.raises(errors.StreamFlagsError):
+        read_all(bytes(data), {"pc.ram": 8 * PS}, seen=seen)
+    assert not any(isinstance(ev, savevm.ZeroPages) for ev in seen)
