@@ -72,7 +72,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 from qemu.qmp import QMPError
@@ -557,7 +557,7 @@ class QemuVM:
             self._tmp.cleanup()
         return self.proc.returncode
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> QemuVM:
         return self
 
     def __exit__(
