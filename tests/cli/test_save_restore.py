@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.qemu_vm import QemuVM, fill_ram, query_status, require_qemu
 
 MB = 64
@@ -71,6 +72,7 @@ def test_ctrl_c_exits_130_and_cleans_up(tmp_path: Path) -> None:
     assert not sock.exists() and not (tmp_path / "snap" / "manifest.json").exists()
 
 
+@pytest.mark.qemu
 def test_save_and_restore_with_qmp(tmp_path: Path) -> None:
     require_qemu(10)
     fill_ram(tmp_path / "src.ram", MB << 20, seed=4)

@@ -123,6 +123,8 @@ from multifd_zero.wire.savevm import (
     RAM_SAVE_FLAG_ZERO,
 )
 
+pytestmark = pytest.mark.qemu
+
 QEMU = "qemu-system-x86_64"
 MIN_QEMU = 10  # the packet layout, the zero-page detection and the counters below
 PAGE = 4096

@@ -67,6 +67,8 @@ from support.qemu_vm import (
 import multifd_zero.snapshot as snap
 from multifd_zero.errors import SnapshotError
 
+pytestmark = pytest.mark.qemu
+
 MiB = 1 << 20
 GUEST = 32 * MiB
 PAGES = GUEST // PAGE_SIZE

@@ -34,6 +34,8 @@ from multifd_zero.wire.savevm import (
     encode_events,
 )
 
+pytestmark = pytest.mark.qemu
+
 PAGE = 4096
 BLOCKS = (
     ("ram0", 64 << 20),
