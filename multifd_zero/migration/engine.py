@@ -34,6 +34,7 @@ from ..options import MigrationOptions
 from ..pages import multifd_ram_page_count
 from ..ramblock import RAMBlock
 from ..stats import MigrationStats
+from ..wire import MAX_PAGE_COUNT
 from .destination import DestinationReport, MigrationDestination
 from .process import DestinationConfig, DestinationProcess, fresh_memory
 from .shm import SharedRAM
@@ -231,7 +232,7 @@ def migrate(
     page_count = (
         multifd_ram_page_count(source.page_size)
         if page_count is None
-        else check_int("page_count", page_count, 1, 1 << 20)
+        else check_int("page_count", page_count, 1, MAX_PAGE_COUNT)
     )
     if page_count * source.page_size > _MAX_PACKET_BYTES:
         raise ValueError(

@@ -32,6 +32,7 @@ from ._source import ByteSource
 from .multifd import (
     HANDSHAKE_SIZE,
     HEADER_SIZE,
+    MAX_PAGE_COUNT,
     MULTIFD_FLAG_COMPRESSION_MASK,
     MULTIFD_FLAG_DEVICE_STATE,
     MULTIFD_FLAG_NOCOMP,
@@ -56,6 +57,7 @@ from .multifd import (
 __all__ = [
     "HANDSHAKE_SIZE",
     "HEADER_SIZE",
+    "MAX_PAGE_COUNT",
     "MULTIFD_FLAG_COMPRESSION_MASK",
     "MULTIFD_FLAG_DEVICE_STATE",
     "MULTIFD_FLAG_NOCOMP",

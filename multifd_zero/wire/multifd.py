@@ -93,6 +93,7 @@ from ..errors import (
 __all__ = [
     "HANDSHAKE_SIZE",
     "HEADER_SIZE",
+    "MAX_PAGE_COUNT",
     "MULTIFD_FLAG_COMPRESSION_MASK",
     "MULTIFD_FLAG_DEVICE_STATE",
     "MULTIFD_FLAG_NOCOMP",
@@ -128,6 +129,9 @@ MULTIFD_FLAG_DEVICE_STATE = 1 << 6
 """A device-state packet (QEMU 10.0); refused here."""
 _KNOWN_FLAGS = MULTIFD_FLAG_SYNC | MULTIFD_FLAG_COMPRESSION_MASK | MULTIFD_FLAG_DEVICE_STATE
 
+MAX_PAGE_COUNT = 1 << 20
+"""Most offset slots a packet may have here (an 8 MiB table); QEMU's have 512 KiB of pages,
+128 slots for 4 KiB pages. A larger count would only make an encoder allocate gigabytes."""
 HEADER_SIZE = 12
 """``MultiFDPacketHdr_t``: magic, version, flags; read first by the receiver."""
 PACKET_FIXED_SIZE = 320
@@ -158,11 +162,7 @@ def packet_len(page_count: int) -> int:
     >>> packet_len(128)
     1344
     """
-    if isinstance(page_count, bool) or not isinstance(page_count, int):
-        raise TypeError(f"page_count must be an int, not {type(page_count).__name__}")
-    if not 1 <= page_count <= _U32:
-        raise ValueError(f"page_count must be between 1 and 2**32 - 1, got {page_count}")
-    return PACKET_FIXED_SIZE + 8 * page_count
+    return PACKET_FIXED_SIZE + 8 * check_int("page_count", page_count, 1, MAX_PAGE_COUNT)
 
 
 _NO_OFFSETS: OffsetArray = np.zeros(0, dtype=np.uint64)

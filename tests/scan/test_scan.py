@@ -192,7 +192,7 @@ def test_empty_file(tmp_path: Path, method: str) -> None:
 
 
 def test_wire_bytes_known_values() -> None:
-    """Figures worked out by hand from reference §1.5 and §5.2 (4 KiB pages, 1344-byte packets)."""
+    """Figures worked out by hand from QEMU's packet layout (4 KiB pages, 1344-byte packets)."""
     # 1000 zero pages and 24 normal pages: 1024 pages = 8 packets.
     data = bytes(1000 * 4096) + b"\1" * (24 * 4096)
     r = scan_buffer(data)

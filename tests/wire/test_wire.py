@@ -83,10 +83,16 @@ def test_packet_len() -> None:
         wire.packet_len(0)
     with pytest.raises(TypeError):
         wire.packet_len(True)
+    # Past the limit an encoder would allocate gigabytes: refused before.
+    assert wire.packet_len(wire.MAX_PAGE_COUNT) == 320 + 8 * wire.MAX_PAGE_COUNT
+    with pytest.raises(ValueError, match="page_count must be between 1 and"):
+        wire.packet_len(wire.MAX_PAGE_COUNT + 1)
+    with pytest.raises(ValueError):
+        wire.encode_packet(wire.RamPacket(ramblock="pc.ram"), 2**31)
 
 
 def test_encoder_field_by_field_against_the_reference_table() -> None:
-    """Every field sits at its §1.5 offset, big-endian; reserved bytes and unused slots are 0."""
+    """Every field sits at its MultiFDPacket_t offset, big-endian; reserved and unused are 0."""
     normal, zero = [3 * PS, 0], [7 * PS, 63 * PS, 9 * PS]
     payload = bytes(range(256)) * (2 * PS // 256)
     pkt = wire.RamPacket(
