@@ -11,6 +11,8 @@ Each kernel has the same shape: acquire and check its buffers through one
 the GIL released, and release everything in one ``finally``.
 """
 
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport (
     PyBUF_FORMAT,
     PyBUF_STRIDES,
@@ -73,6 +75,9 @@ cdef object _as_int(object value, str name):
 
 
 cdef enum:
+    # Buffers shorter than this are checked with the GIL held: releasing and
+    # taking it back would cost more than the check.
+    _NOGIL_BYTES = 65536
     _MIN_PS = 1024
     _MAX_PS = 2 * 1024 * 1024
 
@@ -128,12 +133,23 @@ cdef struct _Call:
     uint8_t *flags
     uint64_t small_work[_SMALL_BATCH]
     uint8_t small_flags[_SMALL_BATCH]
+    # The caller's offsets (see _take_offsets): their count and shape, and
+    # where they live: in a buffer the call holds, or in an ndarray read
+    # directly (then `direct` is its data pointer, checked again before any
+    # write back).
+    Py_ssize_t n
+    Py_ssize_t rows
+    Py_ssize_t cols
+    uint64_t *source
+    uint64_t *direct
 
 
 cdef inline void _begin(_Call *c) noexcept:
     c.held = 0
     c.work = NULL
     c.flags = NULL
+    c.source = NULL
+    c.direct = NULL
 
 
 cdef void _end(_Call *c) noexcept:
@@ -231,24 +247,145 @@ cdef int _check_offsets(
     return 0
 
 
-cdef uint64_t *_copy_offsets(
-    _Call *c, const Py_buffer *offs, Py_ssize_t host_len, Py_ssize_t page_size, str name
+# numpy's arrays, read without a buffer request: requesting a buffer of an
+# ndarray costs about 70 ns, as much as the rest of a one-batch call. Only
+# offsets are read this way, and only while the GIL is held (they are copied
+# into the call's work array): memory read or written without the GIL is
+# always held through the buffer protocol, so that nobody can resize or free
+# it meanwhile.
+cdef extern from *:
+    """
+    /* The head of numpy's PyArrayObject_fields (numpy/ndarraytypes.h), the
+     * same from numpy 1.7 to 2.x; checked against the buffer protocol at
+     * import, and not used if it does not match. */
+    typedef struct {
+        PyObject_HEAD
+        char *data;
+        int nd;
+        Py_ssize_t *dimensions;
+        Py_ssize_t *strides;
+        PyObject *base;
+        PyObject *descr;
+        int flags;
+    } mfz_ndarray;
+    enum { MFZ_NPY_C_CONTIGUOUS = 0x0001, MFZ_NPY_WRITEABLE = 0x0400 };
+    """
+    ctypedef struct mfz_ndarray:
+        char *data
+        int nd
+        Py_ssize_t *dimensions
+        void *descr
+        int flags
+    enum:
+        MFZ_NPY_C_CONTIGUOUS
+        MFZ_NPY_WRITEABLE
+
+
+cdef object _NDARRAY = np.ndarray
+cdef object _U64_DTYPE = np.dtype(np.uint64)
+cdef bint _direct_ok = False
+
+
+cdef inline uint64_t *_direct_u64(object obj, int ndim, bint writable) noexcept:
+    """The data of an exact, C-contiguous, native uint64 ndarray of ``ndim``
+    dimensions (writable if asked), or NULL for anything else."""
+    cdef mfz_ndarray *a
+    if not _direct_ok or type(obj) is not _NDARRAY:
+        return NULL
+    a = <mfz_ndarray *><void *>obj
+    if a.descr != <void *>_U64_DTYPE or a.nd != ndim:
+        return NULL
+    if not (a.flags & MFZ_NPY_C_CONTIGUOUS) or (writable and not (a.flags & MFZ_NPY_WRITEABLE)):
+        return NULL
+    return <uint64_t *>a.data
+
+
+cdef bint _probe_direct():
+    """Whether _direct_u64 reads this numpy's arrays right, compared with their buffers."""
+    global _direct_ok
+    cdef Py_buffer view
+    cdef mfz_ndarray *a
+    _direct_ok = True
+    try:
+        for arr in (np.arange(6, dtype=np.uint64), np.arange(6, dtype=np.uint64).reshape(2, 3)):
+            PyObject_GetBuffer(arr, &view, PyBUF_STRIDES)
+            try:
+                a = <mfz_ndarray *><void *>arr
+                if (
+                    _direct_u64(arr, arr.ndim, True) != <uint64_t *>view.buf
+                    or a.dimensions[0] != arr.shape[0]
+                    or a.dimensions[arr.ndim - 1] != arr.shape[arr.ndim - 1]
+                ):
+                    _direct_ok = False
+            finally:
+                PyBuffer_Release(&view)
+        if _direct_u64(np.arange(6, dtype=np.uint64)[::2], 1, False) != NULL:
+            _direct_ok = False
+        ro = np.arange(6, dtype=np.uint64)
+        ro.flags.writeable = False
+        if _direct_u64(ro, 1, True) != NULL or _direct_u64(ro, 1, False) == NULL:
+            _direct_ok = False
+    except Exception:
+        _direct_ok = False
+    return _direct_ok
+
+
+def _reads_ndarrays_directly():
+    """Whether offsets in numpy arrays are read without a buffer request (the import probe)."""
+    return _direct_ok
+
+
+cdef uint64_t *_take_offsets(
+    _Call *c, object obj, int need, str name, Py_ssize_t host_len, Py_ssize_t page_size
 ) except NULL:
     """Copy and check every offset into the call's work array; the copy is what the kernels use.
 
-    Working on a private copy means another thread that rewrites the caller's
-    array cannot make a kernel read or write outside the host buffer.
+    ``need`` is ``_U64`` or ``_U64_2D``, with ``_WRITE`` when the call writes
+    the offsets back (:func:`_put_offsets`). Working on a private copy means
+    another thread that rewrites the caller's array cannot make a kernel read
+    or write outside the host buffer. Sets ``c.n``, ``c.rows`` and ``c.cols``.
     """
-    cdef Py_ssize_t n = offs.len // 8
-    if n <= _SMALL_BATCH:
+    cdef int ndim = 2 if need & _U64_2D else 1
+    cdef Py_buffer *ov
+    cdef mfz_ndarray *a
+    cdef uint64_t *src = _direct_u64(obj, ndim, (need & _WRITE) != 0)
+    if src != NULL:
+        a = <mfz_ndarray *><void *>obj
+        c.rows = a.dimensions[0]
+        c.cols = a.dimensions[1] if ndim == 2 else 1
+        c.direct = src
+    else:
+        ov = _acquire(c, obj, need, name)
+        src = <uint64_t *>ov.buf
+        c.rows = ov.shape[0] if ndim == 2 else ov.len // 8
+        c.cols = ov.shape[1] if ndim == 2 else 1
+    c.source = src
+    c.n = c.rows * c.cols
+    if c.n <= _SMALL_BATCH:
         c.work = c.small_work
     else:
-        c.work = <uint64_t *>malloc(n * 8)
+        c.work = <uint64_t *>malloc(c.n * 8)
         if c.work == NULL:
             raise MemoryError()
-    memcpy(c.work, offs.buf, n * 8)
-    _check_offsets(c.work, n, host_len, page_size, name)
+    memcpy(c.work, src, c.n * 8)
+    _check_offsets(c.work, c.n, host_len, page_size, name)
     return c.work
+
+
+cdef int _put_offsets(_Call *c, object obj, int ndim, str name) except -1:
+    """Write the work array back over the caller's offsets (the GIL held)."""
+    cdef mfz_ndarray *a = <mfz_ndarray *><void *>obj
+    if c.direct != NULL:
+        # Read without a buffer request, the array may have been resized or
+        # reshaped by another thread meanwhile: write only into the same memory.
+        if (
+            _direct_u64(obj, ndim, True) != c.direct
+            or a.dimensions[0] != c.rows
+            or (ndim == 2 and a.dimensions[1] != c.cols)
+        ):
+            raise ValueError(f"{name} was resized while the call ran; its new order is lost")
+    memcpy(c.source, c.work, c.n * 8)
+    return 0
 
 
 cdef uint8_t *_page_flags(_Call *c, Py_ssize_t n) except NULL:
@@ -340,8 +477,14 @@ def check_page_size(page_size):
 
 # -------------------------------------------------------------- zero checks
 
-def is_zero(buf):
-    """Return True if every byte of ``buf`` is zero (QEMU's ``buffer_is_zero``).
+@cython.binding(False)
+@cython.always_allow_keywords(False)
+@cython.embedsignature(False)
+def is_zero(buf, /):
+    # A plain builtin taking one argument (METH_O), not a Cython function object:
+    # its call costs about 10 ns less, which is a third of a one-page check. The
+    # first lines of the docstring give inspect.signature what it needs.
+    """is_zero(buf, /)\n--\n\nReturn True if every byte of ``buf`` is zero (QEMU's ``buffer_is_zero``).
 
     Parameters
     ----------
@@ -370,11 +513,22 @@ def is_zero(buf):
     cdef _Call c
     cdef Py_buffer *view
     cdef int result
+    cdef const uint8_t *data
+    cdef Py_ssize_t length
+    if type(buf) is bytes:
+        # Immutable and kept alive by this call's reference: no buffer request,
+        # which would cost more than checking a small page.
+        data = <const uint8_t *>PyBytes_AS_STRING(buf)
+        length = PyBytes_GET_SIZE(buf)
+        if length < _NOGIL_BYTES:
+            return mfz_is_zero(path, data, length) != 0
+        with nogil:
+            result = mfz_is_zero(path, data, length)
+        return result != 0
     _begin(&c)
     try:
         view = _acquire(&c, buf, _READ, "buf")
-        if view.len < 65536:
-            # A GIL round trip would cost more than the scan.
+        if view.len < _NOGIL_BYTES:
             result = mfz_is_zero(path, <const uint8_t *>view.buf, view.len)
         else:
             with nogil:
@@ -481,13 +635,12 @@ def partition_zero_pages(host, offsets, page_size=4096, name="offsets"):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64 | _WRITE, name)
-        n = ov.len // 8
-        work = _copy_offsets(&c, ov, hv.len, ps, name)
+        work = _take_offsets(&c, offsets, _U64 | _WRITE, name, hv.len, ps)
+        n = c.n
         zero = _page_flags(&c, n)
         with nogil:
             normal = _partition(path, <const uint8_t *>hv.buf, ps, work, zero, n)
-            memcpy(ov.buf, work, n * 8)
+        _put_offsets(&c, offsets, 1, name)
     finally:
         _end(&c)
     return normal
@@ -537,17 +690,16 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64_2D | _WRITE, name)
-        rows = ov.shape[0]
-        cols = ov.shape[1]
-        work = _copy_offsets(&c, ov, hv.len, ps, name)
+        work = _take_offsets(&c, offsets, _U64_2D | _WRITE, name, hv.len, ps)
+        rows = c.rows
+        cols = c.cols
         zero = _page_flags(&c, cols)
         normals = np.empty(rows, dtype=np.int64)
         out = <int64_t *>_array_data(normals)
         with nogil:
             for r in range(rows):
                 out[r] = _partition(path, <const uint8_t *>hv.buf, ps, work + r * cols, zero, cols)
-            memcpy(ov.buf, work, rows * cols * 8)
+        _put_offsets(&c, offsets, 2, name)
     finally:
         _end(&c)
     return normals
@@ -621,9 +773,8 @@ def scan_zero_pages(host, offsets, page_size=4096, name="offsets"):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64, name)
-        n = ov.len // 8
-        work = _copy_offsets(&c, ov, hv.len, ps, name)
+        work = _take_offsets(&c, offsets, _U64, name, hv.len, ps)
+        n = c.n
         mask = np.empty(n, dtype=_BOOL)
         out = _array_data(mask)
         with nogil:
@@ -690,9 +841,8 @@ def recv_zero_pages(
         hv = _acquire(&c, host, _READ | _WRITE, "host")
         mv = _acquire(&c, receivedmap, _U64 | _WRITE, "receivedmap")
         _check_bitmap(mv, hv.len, ps)
-        ov = _acquire(&c, offsets, _U64, name)
-        n = ov.len // 8
-        work = _copy_offsets(&c, ov, hv.len, ps, name)
+        work = _take_offsets(&c, offsets, _U64, name, hv.len, ps)
+        n = c.n
         base = <uint8_t *>hv.buf
         words = <uint64_t *>mv.buf
         with nogil:
@@ -764,10 +914,9 @@ def recv_normal_pages(host, receivedmap, offsets, data, page_size=4096, name="of
         hv = _acquire(&c, host, _READ | _WRITE, "host")
         mv = _acquire(&c, receivedmap, _U64 | _WRITE, "receivedmap")
         _check_bitmap(mv, hv.len, ps)
-        ov = _acquire(&c, offsets, _U64, name)
+        work = _take_offsets(&c, offsets, _U64, name, hv.len, ps)
+        n = c.n
         dv = _acquire(&c, data, _READ, "data")
-        n = ov.len // 8
-        work = _copy_offsets(&c, ov, hv.len, ps, name)
         if dv.len != n * ps:
             raise ValueError(
                 f"data holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
@@ -818,14 +967,13 @@ def gather_pages(host, offsets, out, page_size=4096, name="offsets"):
     _begin(&c)
     try:
         hv = _acquire(&c, host, _READ, "host")
-        ov = _acquire(&c, offsets, _U64, name)
+        work = _take_offsets(&c, offsets, _U64, name, hv.len, ps)
+        n = c.n
         dv = _acquire(&c, out, _READ | _WRITE, "out")
-        n = ov.len // 8
         if dv.len != n * ps:
             raise ValueError(
                 f"out holds {dv.len} bytes, but {n} pages of {ps} bytes need {n * ps}"
             )
-        work = _copy_offsets(&c, ov, hv.len, ps, name)
         base = <const uint8_t *>hv.buf
         dst = <uint8_t *>dv.buf
         with nogil:
@@ -962,3 +1110,4 @@ def set_simd(name):
 
 
 mfz_select(mfz_best_path())
+_probe_direct()

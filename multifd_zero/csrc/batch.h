@@ -11,28 +11,91 @@
 #ifndef MFZ_BATCH_H
 #define MFZ_BATCH_H
 
-#include "zero_check.h"
+#include "page_check.h"
 
 typedef void (*mfz_pages_fn)(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
                              uint8_t *out);
 
 /*
- * The hardware prefetchers stop at each 4 KiB boundary and the next page of
- * a batch need not follow this one, so the first line of the next page is
- * asked for while this one is read. Only that line: a second one costs more
- * in L2 than it saves out of cache.
+ * The loop, for batches in cache and out of it (the figures are on the
+ * performance page of the docs):
+ *
+ * - A page's first byte decides most normal pages, as the first of QEMU's
+ *   three sampled bytes does, and the line holding it is asked for MFZ_AHEAD
+ *   pages ahead so that it is in cache when its turn comes. The other two
+ *   samples are not read: out of cache, reading the last and middle lines of
+ *   a page before the rest breaks the prefetch stream of every zero page.
+ * - Pages whose first byte is zero wait in a group; a full group is read side
+ *   by side (page_check.h), one prefetch stream per page. Where the group
+ *   finds a non-zero step, each page is checked on its own from that step on:
+ *   everything before it is known to be zero.
+ * - A group of adjacent pages is read one page after another instead, and so
+ *   are the adjacent pages that follow it ("stream" below): over contiguous
+ *   zero memory one long stream is faster than eight short ones.
+ *
+ * The result of each page is exact and independent of the order in which
+ * pages are read; QEMU's order of the offsets is restored by the caller.
  */
-static MFZ_ALWAYS_INLINE void mfz_page_loop(mfz_big_fn check, const uint8_t *base,
-                                            const uint64_t *offs, int indexed, size_t n,
-                                            size_t ps, uint8_t *out)
+#define MFZ_AHEAD 8
+
+static MFZ_ALWAYS_INLINE void mfz_page_loop(mfz_tail_fn tail, mfz_group_fn group,
+                                            const uint8_t *base, const uint64_t *offs,
+                                            int indexed, size_t n, size_t ps, uint8_t *out)
 {
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *p = base + (indexed ? offs[i] : i * ps);
-        if (i + 1 < n) {
-            MFZ_PREFETCH(base + (indexed ? offs[i + 1] : (i + 1) * ps));
-        }
-        out[i] = (uint8_t)(mfz_sampled_zero(p, ps) && check(p, ps));
+#define MFZ_PAGE(k) (base + (indexed ? offs[k] : (k) * ps))
+    const uint8_t *q[MFZ_GROUP];
+    size_t at[MFZ_GROUP];
+    int waiting = 0, stream = 0;
+    const uint8_t *last = NULL;
+    for (size_t k = 0; k < n && k < MFZ_AHEAD; k++) {
+        MFZ_PREFETCH(MFZ_PAGE(k));
     }
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *p = MFZ_PAGE(i);
+        if (stream) {
+            if (i + 1 < n) {
+                MFZ_PREFETCH(MFZ_PAGE(i + 1));
+            }
+            if (p == last + ps && p[0] == 0) {
+                out[i] = (uint8_t)tail(p, ps);
+                last = p;
+                continue;
+            }
+            stream = 0;
+        } else if (i + MFZ_AHEAD < n) {
+            MFZ_PREFETCH(MFZ_PAGE(i + MFZ_AHEAD));
+        }
+        if (p[0] != 0) {
+            out[i] = 0;
+            continue;
+        }
+        q[waiting] = p;
+        at[waiting] = i;
+        if (++waiting < MFZ_GROUP) {
+            continue;
+        }
+        waiting = 0;
+        int adjacent = 1;
+        for (int m = 1; m < MFZ_GROUP; m++) {
+            adjacent &= q[m] == q[m - 1] + ps;
+        }
+        if (adjacent) {
+            for (int m = 0; m < MFZ_GROUP; m++) {
+                out[at[m]] = (uint8_t)tail(q[m], ps);
+            }
+            stream = 1;
+            last = q[MFZ_GROUP - 1];
+            continue;
+        }
+        size_t zero = group(q, ps);
+        for (int m = 0; m < MFZ_GROUP; m++) {
+            out[at[m]] = (uint8_t)(zero == ps || tail(q[m] + zero, ps - zero));
+        }
+    }
+    for (int m = 0; m < waiting; m++) {
+        out[at[m]] = (uint8_t)tail(q[m], ps);
+    }
+#undef MFZ_PAGE
 }
 
 /*
@@ -40,51 +103,46 @@ static MFZ_ALWAYS_INLINE void mfz_page_loop(mfz_big_fn check, const uint8_t *bas
  * from the rest, since a constant length lets the compiler drop the length
  * arithmetic from every page's check.
  */
-static MFZ_ALWAYS_INLINE void mfz_pages_with(mfz_big_fn check, const uint8_t *base,
-                                             const uint64_t *offs, size_t n, size_t ps,
-                                             uint8_t *out)
+static MFZ_ALWAYS_INLINE void mfz_pages_with(mfz_tail_fn tail, mfz_group_fn group,
+                                             const uint8_t *base, const uint64_t *offs,
+                                             size_t n, size_t ps, uint8_t *out)
 {
     if (offs == NULL && ps == 4096) {
-        mfz_page_loop(check, base, NULL, 0, n, 4096, out);
+        mfz_page_loop(tail, group, base, NULL, 0, n, 4096, out);
     } else if (offs == NULL) {
-        mfz_page_loop(check, base, NULL, 0, n, ps, out);
+        mfz_page_loop(tail, group, base, NULL, 0, n, ps, out);
     } else if (ps == 4096) {
-        mfz_page_loop(check, base, offs, 1, n, 4096, out);
+        mfz_page_loop(tail, group, base, offs, 1, n, 4096, out);
     } else {
-        mfz_page_loop(check, base, offs, 1, n, ps, out);
+        mfz_page_loop(tail, group, base, offs, 1, n, ps, out);
     }
 }
 
 static void mfz_pages_portable(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
                                uint8_t *out)
 {
-    mfz_pages_with(mfz_big_portable, base, offs, n, ps, out);
+    mfz_pages_with(mfz_tail_portable, mfz_group_portable, base, offs, n, ps, out);
 }
 
 #if MFZ_HAVE_SSE2
 static void mfz_pages_sse2(const uint8_t *base, const uint64_t *offs, size_t n, size_t ps,
                            uint8_t *out)
 {
-    mfz_pages_with(mfz_big_sse2, base, offs, n, ps, out);
+    mfz_pages_with(mfz_tail_sse2, mfz_group_sse2, base, offs, n, ps, out);
 }
 #endif
 
-/*
- * No aligned-only variant for 64-byte aligned hosts: skipping the edge
- * vectors there is no faster in L2 and slower out of cache (the early load
- * of the page's last line helps the prefetchers).
- */
 #if MFZ_X86_DISPATCH
 MFZ_TARGET("avx2") static void mfz_pages_avx2(const uint8_t *base, const uint64_t *offs,
                                               size_t n, size_t ps, uint8_t *out)
 {
-    mfz_pages_with(mfz_big_avx2, base, offs, n, ps, out);
+    mfz_pages_with(mfz_tail_avx2, mfz_group_avx2, base, offs, n, ps, out);
 }
 
 MFZ_TARGET("avx512f") static void mfz_pages_avx512(const uint8_t *base, const uint64_t *offs,
                                                    size_t n, size_t ps, uint8_t *out)
 {
-    mfz_pages_with(mfz_big_avx512, base, offs, n, ps, out);
+    mfz_pages_with(mfz_tail_avx512, mfz_group_avx512, base, offs, n, ps, out);
 }
 #endif
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.qemu_model import ref_partition, ref_zero_page_mask
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.qemu_model import ref_page_is_zero, ref_partition, ref_zero_page_mask
 
 import multifd_zero as mz
 from multifd_zero import _bench_kernels
@@ -109,3 +111,52 @@ def test_zero_all_limit_loop_zeroes_exactly_the_buffer(shift: int) -> None:
     assert set(backing[:shift]) <= {0xFF} and set(backing[shift + 70_000 :]) == {0xFF}
     with pytest.raises(ValueError, match="read-only"):
         _bench_kernels._zero_all(bytes(4096))
+
+
+# Page kinds for the batch loop's three ways through a page (csrc/batch.h):
+# rejected by the first byte, read alone, or read in a group of eight side by
+# side, with runs of adjacent pages that switch it to one stream.
+_KINDS = ("zero", "first byte", "late byte", "last byte")
+
+
+@st.composite
+def _mixed_batches(draw: st.DrawFn) -> tuple[int, bytes, list[int]]:
+    page_size = draw(st.sampled_from([1024, 4096]))
+    kinds = draw(st.lists(st.sampled_from(_KINDS), min_size=1, max_size=48))
+    ram = bytearray(len(kinds) * page_size)
+    for k, kind in enumerate(kinds):
+        if kind == "first byte":
+            ram[k * page_size] = 1
+        elif kind == "late byte":
+            ram[k * page_size + draw(st.integers(1, page_size - 1))] = 0x40
+        elif kind == "last byte":
+            ram[(k + 1) * page_size - 1] = 2
+    pages = st.integers(0, len(kinds) - 1)
+    runs = st.tuples(pages, st.integers(1, 12)).map(
+        lambda run: list(range(run[0], min(run[0] + run[1], len(kinds))))
+    )
+    order = draw(st.lists(st.one_of(pages.map(lambda p: [p]), runs), max_size=12))
+    offsets = [p * page_size for chunk in order for p in chunk]
+    return page_size, bytes(ram), offsets
+
+
+@settings(max_examples=150, deadline=None)
+@given(_mixed_batches())
+def test_hypothesis_mixed_batches_on_every_path(case: tuple[int, bytes, list[int]]) -> None:
+    """Groups, streams of adjacent pages and their fallbacks give the model's answers."""
+    page_size, host, offsets = case
+    expected = [ref_page_is_zero(host, off, page_size) for off in offsets]
+    model = ref_partition(host, offsets, page_size)
+    active = mz.get_simd()
+    try:
+        for path in mz.simd_paths():
+            mz.set_simd(path)
+            offs = np.array(offsets, dtype=np.uint64)
+            assert mz.scan_zero_pages(host, offs, page_size).tolist() == expected, path
+            assert mz.partition_zero_pages(host, offs, page_size) == model.normal_num, path
+            assert offs.tolist() == model.offsets, path
+            assert mz.zero_page_mask(host, page_size).tolist() == ref_zero_page_mask(
+                host, page_size
+            ), path
+    finally:
+        mz.set_simd(active)

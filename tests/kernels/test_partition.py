@@ -25,6 +25,7 @@ from support.qemu_model import (
 )
 
 import multifd_zero as mz
+from multifd_zero import _kernels
 
 PS = 4096
 
@@ -145,6 +146,37 @@ def test_partition_through_array_array_buffer() -> None:
     arr = array.array("Q", offsets)
     assert mz.partition_zero_pages(bytes(host), arr, PS) == 2
     assert [labels[o // PS] for o in arr] == ["N2", "N1", "Z2", "Z3", "Z1"]
+
+
+class _Offsets(np.ndarray):
+    """An ndarray subclass: the kernels take it through the buffer protocol."""
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda a: a, id="ndarray (read directly)"),
+        pytest.param(lambda a: a.view(_Offsets), id="ndarray subclass"),
+        pytest.param(lambda a: memoryview(a), id="memoryview"),
+        pytest.param(lambda a: a.view(np.dtype("=u8")), id="equal dtype, other object"),
+    ],
+)
+def test_offsets_read_directly_or_through_a_buffer_agree(wrap: object) -> None:
+    """Exact uint64 ndarrays skip the buffer request; every other container gives the same order."""
+    # The import probe must accept this numpy's arrays, or the fast entry is lost unnoticed.
+    assert _kernels._reads_ndarrays_directly()
+    labels = ["Z1", "N1", "Z2", "N2", "Z3", "N3"]
+    host, offsets = labelled_host(labels)
+    arr = u64(offsets)
+    model = ref_partition(bytes(host), offsets, PS)
+    assert mz.partition_zero_pages(bytes(host), wrap(arr), PS) == model.normal_num  # type: ignore[operator]
+    assert arr.tolist() == model.offsets
+    grid = np.array([offsets, offsets[::-1]], dtype=np.uint64)
+    rows = [ref_partition(bytes(host), list(r), PS) for r in grid.tolist()]
+    assert mz.partition_batches(bytes(host), wrap(grid), PS).tolist() == [  # type: ignore[operator]
+        r.normal_num for r in rows
+    ]
+    assert grid.tolist() == [r.offsets for r in rows]
 
 
 def test_partition_default_page_size_is_4096() -> None:
