@@ -41,8 +41,14 @@ static MFZ_ALWAYS_INLINE int mfz_tail_portable(const uint8_t *p, size_t len)
 {
     size_t k = 0;
     for (; k + 512 <= len; k += 512) {
-        if ((mfz_or128_portable(p + k) | mfz_or128_portable(p + k + 128) |
-             mfz_or128_portable(p + k + 256) | mfz_or128_portable(p + k + 384)) != 0) {
+        uint64_t t = mfz_or128_portable(p + k);
+        MFZ_IN_ORDER();
+        t |= mfz_or128_portable(p + k + 128);
+        MFZ_IN_ORDER();
+        t |= mfz_or128_portable(p + k + 256);
+        MFZ_IN_ORDER();
+        t |= mfz_or128_portable(p + k + 384);
+        if (t != 0) {
             return 0;
         }
     }
@@ -88,9 +94,13 @@ static MFZ_ALWAYS_INLINE int mfz_tail_sse2(const uint8_t *p, size_t len)
 {
     size_t k = 0;
     for (; k + 512 <= len; k += 512) {
-        __m128i t = _mm_or_si128(_mm_or_si128(mfz_or128_sse2(p + k), mfz_or128_sse2(p + k + 128)),
-                                 _mm_or_si128(mfz_or128_sse2(p + k + 256),
-                                              mfz_or128_sse2(p + k + 384)));
+        __m128i t = mfz_or128_sse2(p + k);
+        MFZ_IN_ORDER();
+        t = _mm_or_si128(t, mfz_or128_sse2(p + k + 128));
+        MFZ_IN_ORDER();
+        t = _mm_or_si128(t, mfz_or128_sse2(p + k + 256));
+        MFZ_IN_ORDER();
+        t = _mm_or_si128(t, mfz_or128_sse2(p + k + 384));
         if (!mfz_zero128_sse2(t)) {
             return 0;
         }
@@ -130,9 +140,13 @@ MFZ_TARGET("avx2") static MFZ_ALWAYS_INLINE int mfz_tail_avx2(const uint8_t *p, 
 {
     size_t k = 0;
     for (; k + 512 <= len; k += 512) {
-        __m256i t = _mm256_or_si256(
-            _mm256_or_si256(mfz_or128_avx2(p + k), mfz_or128_avx2(p + k + 128)),
-            _mm256_or_si256(mfz_or128_avx2(p + k + 256), mfz_or128_avx2(p + k + 384)));
+        __m256i t = mfz_or128_avx2(p + k);
+        MFZ_IN_ORDER();
+        t = _mm256_or_si256(t, mfz_or128_avx2(p + k + 128));
+        MFZ_IN_ORDER();
+        t = _mm256_or_si256(t, mfz_or128_avx2(p + k + 256));
+        MFZ_IN_ORDER();
+        t = _mm256_or_si256(t, mfz_or128_avx2(p + k + 384));
         if (!_mm256_testz_si256(t, t)) {
             return 0;
         }
@@ -167,15 +181,17 @@ MFZ_TARGET("avx512f") static MFZ_ALWAYS_INLINE __m512i mfz_or128_avx512(const ui
                            _mm512_loadu_si512((const void *)(p + 64)));
 }
 
-/* 0xfe is a | b | c: one ternary-logic instruction ORs three vectors. */
 MFZ_TARGET("avx512f") static MFZ_ALWAYS_INLINE int mfz_tail_avx512(const uint8_t *p, size_t len)
 {
     size_t k = 0;
     for (; k + 512 <= len; k += 512) {
-        __m512i a = _mm512_ternarylogic_epi64(mfz_or128_avx512(p + k),
-                                              mfz_or128_avx512(p + k + 128),
-                                              mfz_or128_avx512(p + k + 256), 0xfe);
-        __m512i t = _mm512_or_si512(a, mfz_or128_avx512(p + k + 384));
+        __m512i t = mfz_or128_avx512(p + k);
+        MFZ_IN_ORDER();
+        t = _mm512_or_si512(t, mfz_or128_avx512(p + k + 128));
+        MFZ_IN_ORDER();
+        t = _mm512_or_si512(t, mfz_or128_avx512(p + k + 256));
+        MFZ_IN_ORDER();
+        t = _mm512_or_si512(t, mfz_or128_avx512(p + k + 384));
         if (_mm512_test_epi64_mask(t, t)) {
             return 0;
         }

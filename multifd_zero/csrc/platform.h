@@ -31,6 +31,19 @@
 #define MFZ_HAVE_SSE2 0
 #endif
 
+/*
+ * A compiler barrier: loads written after it are not moved before it. The
+ * page checks put one between the 128-byte steps of a page, because gcc
+ * otherwise reassociates the OR tree and loads the lines of each 512 bytes out
+ * of order, which out of cache stops the hardware prefetcher's stream (2.5x
+ * slower on AVX2, measured).
+ */
+#if defined(__GNUC__)
+#define MFZ_IN_ORDER() __asm__ __volatile__("" ::: "memory")
+#else
+#define MFZ_IN_ORDER() ((void)0)
+#endif
+
 #if defined(__GNUC__)
 #define MFZ_ALWAYS_INLINE inline __attribute__((always_inline))
 #define MFZ_PREFETCH(p) __builtin_prefetch((p), 0, 3)
