@@ -14,6 +14,7 @@ from cpython.buffer cimport (
 )
 from libc.stdint cimport uint8_t, uint64_t
 
+
 from multifd_zero._csrc cimport (
     MFZ_NPATHS,
     mfz_path,
@@ -84,3 +85,45 @@ def _zero_all(buf):
         path.zero_page(<uint8_t *>view.buf, view.len)
         mfz_store_fence()
     PyBuffer_Release(&view)
+
+
+def _touch_heads(host, offsets, out):
+    """Load the first byte of each page at ``offsets``: the floor of a batch loop.
+
+    No argument is checked beyond what keeps the loop inside ``host``: it is a
+    benchmark baseline, not an API.
+
+    Parameters
+    ----------
+    host : buffer
+        C-contiguous; read-only is fine.
+    offsets : buffer
+        C-contiguous ``uint64`` byte offsets, each less than ``len(host)``.
+    out : buffer
+        Writable, at least one byte per offset; byte ``i`` becomes 1 when the
+        first byte of page ``i`` is zero.
+    """
+    cdef Py_buffer hv, ov, dv
+    cdef Py_ssize_t n, i
+    cdef const uint64_t *offs
+    _get_bytes(host, &hv, False)
+    try:
+        _get_bytes(offsets, &ov, False)
+        try:
+            _get_bytes(out, &dv, True)
+            try:
+                n = ov.len // 8
+                offs = <const uint64_t *>ov.buf
+                if dv.len < n:
+                    raise ValueError(f"out holds {dv.len} bytes, but there are {n} offsets")
+                for i in range(n):
+                    if offs[i] >= <uint64_t>hv.len:
+                        raise ValueError(f"offsets[{i}] = {offs[i]} is outside host")
+                with nogil:
+                    mfz_touch_heads(<const uint8_t *>hv.buf, offs, n, <uint8_t *>dv.buf)
+            finally:
+                PyBuffer_Release(&dv)
+        finally:
+            PyBuffer_Release(&ov)
+    finally:
+        PyBuffer_Release(&hv)

@@ -22,8 +22,9 @@ import numpy.typing as npt
 
 from .. import _bench_kernels, _kernels
 from ..guest import make_guest_ram
+from .bench_goals import evaluate_goals, format_goals
 
-__all__ = ["BenchRow", "cpu_name", "run_benchmarks"]
+__all__ = ["BenchRow", "cpu_name", "format_table", "machine", "run_benchmarks", "write_json"]
 
 PAGE = 4096
 BATCH = 128
@@ -109,17 +110,28 @@ def _bytes_partition(
     return normal, zero
 
 
-def _batch_row(name: str, zero_share: float, repeats: int, min_time: float) -> BenchRow:
-    ram = _pages(BATCH, zero_share, seed=1)
-    host = ram.tobytes()
+def _batch_host(kind: str) -> bytes:
+    """One 128-page batch: ``kind`` is a share of zero pages, or "byte 3800"."""
+    if kind == "byte 3800":
+        # Half zero, half zero but for one byte late in the page: the sampled
+        # bytes and the first word all pass, so every page is read far.
+        ram = np.zeros((BATCH, PAGE), dtype=np.uint8)
+        ram[1::2, 3800] = 1
+        return ram.tobytes()
+    return _pages(BATCH, float(kind), seed=1).tobytes()
+
+
+def _batch_row(name: str, kind: str, repeats: int, min_time: float) -> BenchRow:
+    host = _batch_host(kind)
     offsets = np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE)
     words = np.frombuffer(host, dtype=np.uint64).reshape(BATCH, PAGE // 8)
     off_list = offsets.tolist()
     zero_page = bytes(PAGE)
     row = BenchRow(name, BATCH)
+    partition = _kernels.partition_zero_pages
     row.measure(
         {
-            "multifd_zero": lambda: _kernels.partition_zero_pages(host, offsets, PAGE),
+            "multifd_zero": lambda: partition(host, offsets, PAGE),
             "numpy": lambda: _numpy_partition(words, offsets),
             "bytes ==": lambda: _bytes_partition(host, off_list, zero_page),
             "read limit": lambda: _bench_kernels._read_all(host),
@@ -128,8 +140,43 @@ def _batch_row(name: str, zero_share: float, repeats: int, min_time: float) -> B
         min_time,
     )
     row.note = (
-        "one 512 KiB batch (128 x 4 KiB), in L2; numpy: bitwise_or.reduce(axis=1) + split; "
-        "read limit: one streaming OR over the batch, no early exit"
+        "one 512 KiB batch (128 x 4 KiB), in L2, one call per batch; numpy: "
+        "bitwise_or.reduce(axis=1) + split; read limit: one streaming OR over the same "
+        "512 KiB, no early exit (the L2 read limit)"
+    )
+    return row
+
+
+def _random_batch_row(repeats: int, min_time: float) -> BenchRow:
+    """All pages normal: the first byte decides, so the fixed costs show."""
+    host = _batch_host("0.0")
+    offsets = np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE)
+    reps = 64
+    grid = np.tile(offsets, (reps, 1))
+    flat = grid.reshape(-1).copy()
+    out = bytearray(flat.size)
+    words = np.frombuffer(host, dtype=np.uint64).reshape(BATCH, PAGE // 8)
+    partition = _kernels.partition_zero_pages
+    row = BenchRow("batch partition, all pages random (the first byte decides)", BATCH)
+    row.measure(
+        {
+            "multifd_zero": lambda: partition(host, offsets, PAGE),
+            "numpy": lambda: _numpy_partition(words, offsets),
+        },
+        repeats,
+        min_time,
+    )
+    units = BATCH * reps
+    row.ns_per_page["64 batches a call"] = _median_ns(
+        lambda: _kernels.partition_batches(host, grid, PAGE), units, repeats, min_time
+    )
+    row.ns_per_page["heads floor"] = _median_ns(
+        lambda: _bench_kernels._touch_heads(host, flat, out), units, repeats, min_time
+    )
+    row.note = (
+        "one 512 KiB batch in L2; multifd_zero: one call per batch; 64 batches a call: "
+        "partition_batches; heads floor: a C loop that only loads each page's first byte "
+        "(no call, no check): the least any batch loop costs here"
     )
     return row
 
@@ -260,37 +307,102 @@ def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
     return rows
 
 
-def _paths_row(repeats: int, min_time: float) -> BenchRow:
-    host = _pages(BATCH, 1.0, seed=9).tobytes()
-    offsets = np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE)
+def _per_path(
+    name: str, fn: Callable[[], object], units: int, repeats: int, min_time: float
+) -> BenchRow:
+    """One contender per SIMD path this CPU has, running ``fn``; the note names the default."""
     active = _kernels.get_simd()
-    row = BenchRow("batch partition, 100% zero pages, per SIMD path", BATCH)
+    row = BenchRow(f"per SIMD path: {name}", units, note=f"default path: {active}")
     try:
         for path in reversed(_kernels.simd_paths()):
             _kernels.set_simd(path)
-            row.ns_per_page[path] = _median_ns(
-                lambda: _kernels.partition_zero_pages(host, offsets, PAGE),
-                BATCH,
-                repeats,
-                min_time,
-            )
+            row.ns_per_page[path] = _median_ns(fn, units, repeats, min_time)
     finally:
         _kernels.set_simd(active)
     return row
 
 
-def _single_page_row(repeats: int, min_time: float) -> BenchRow:
-    page = bytes(PAGE)
-    zero_page = bytes(PAGE)
-    arr = np.frombuffer(page, dtype=np.uint64)
-    row = BenchRow("one 4 KiB zero page, one Python call", 1)
-    row.ns_per_page["multifd_zero"] = _median_ns(
-        lambda: _kernels.is_zero(page), 1, repeats, min_time
+def _batch_path_rows(repeats: int, min_time: float) -> list[BenchRow]:
+    offsets = np.arange(BATCH, dtype=np.uint64) * np.uint64(PAGE)
+    rows = []
+    for label, kind in (
+        ("L2 batch partition, 100% zero", "1.0"),
+        ("L2 batch partition, 50% zero, others random", "0.5"),
+        ("L2 batch partition, all random", "0.0"),
+        ("L2 batch partition, 50% zero, others non-zero at byte 3800", "byte 3800"),
+    ):
+        host = _batch_host(kind)
+        rows.append(
+            _per_path(
+                label,
+                lambda host=host: _kernels.partition_zero_pages(host, offsets, PAGE),
+                BATCH,
+                repeats,
+                min_time,
+            )
+        )
+    buf = np.zeros(1 << 20, dtype=np.uint8)
+    rows.append(
+        _per_path("is_zero on 1 MiB (L2)", lambda: _kernels.is_zero(buf), 256, repeats, min_time)
     )
-    row.ns_per_page["numpy"] = _median_ns(lambda: not arr.any(), 1, repeats, min_time)
-    row.ns_per_page["bytes =="] = _median_ns(lambda: page == zero_page, 1, repeats, min_time)
-    row.note = "numpy: not np.frombuffer(page, uint64).any() on a ready array"
-    return row
+    return rows
+
+
+def _region_path_rows(
+    label: str, ram: npt.NDArray[np.uint8], repeats: int, min_time: float
+) -> list[BenchRow]:
+    n = ram.size // PAGE
+    grid = (np.arange(n, dtype=np.uint64) * np.uint64(PAGE)).reshape(-1, BATCH)
+    rows = [
+        _per_path(
+            f"{label}, partition",
+            lambda: _kernels.partition_batches(ram, grid, PAGE),
+            n,
+            max(1, repeats // 2),
+            min_time,
+        )
+    ]
+    if label.endswith("100% zero"):
+        offsets = grid.reshape(-1)
+        bitmap = np.full((n + 63) // 64, np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+        rows.append(
+            _per_path(
+                f"{label}, destination zeroing (pages received before)",
+                lambda: _kernels.recv_zero_pages(ram, bitmap, offsets, PAGE, _kernels.ZERO_ALWAYS),
+                n,
+                max(1, repeats // 2),
+                min_time,
+            )
+        )
+    return rows
+
+
+def _single_page_rows(repeats: int, min_time: float) -> list[BenchRow]:
+    """``is_zero(page)`` against ``page == ZERO``, each timed through the same kind of lambda."""
+    zero_page = bytes(PAGE)
+    late = bytearray(PAGE)
+    late[3800] = 1
+    rows = []
+    is_zero = _kernels.is_zero
+    for label, page in (
+        ("zero", bytes(PAGE)),
+        ("first byte non-zero", b"\x01" + bytes(PAGE - 1)),
+        ("non-zero only at byte 3800", bytes(late)),
+    ):
+        arr = np.frombuffer(page, dtype=np.uint64)
+        row = BenchRow(f"one 4 KiB page, one Python call: {label}", 1)
+        row.measure(
+            {
+                "multifd_zero": lambda page=page: is_zero(page),
+                "bytes ==": lambda page=page: page == zero_page,
+                "numpy": lambda arr=arr: not arr.any(),
+            },
+            repeats,
+            min_time,
+        )
+        row.note = "is_zero(page) vs page == ZERO on bytes; numpy: not arr.any() on a ready array"
+        rows.append(row)
+    return rows
 
 
 def _big_is_zero_row(repeats: int, min_time: float) -> BenchRow:
@@ -384,38 +496,55 @@ def run_benchmarks(
     """
     if quick:
         region_mib, repeats, min_time = 64, 3, 0.005
+    load_before = _loadavg()
     rows: list[BenchRow] = []
-    rows.append(_batch_row("batch partition, 100% zero pages", 1.0, repeats, min_time))
+    rows.append(_batch_row("batch partition, 100% zero pages", "1.0", repeats, min_time))
     rows.append(
-        _batch_row("batch partition, 50% zero, other pages random", 0.5, repeats, min_time)
+        _batch_row("batch partition, 50% zero, other pages random", "0.5", repeats, min_time)
     )
+    rows.append(
+        _batch_row(
+            "batch partition, 50% zero, others non-zero only at byte 3800",
+            "byte 3800",
+            repeats,
+            min_time,
+        )
+    )
+    rows.append(_random_batch_row(repeats, min_time))
+    rows.extend(_single_page_rows(repeats, min_time))
+    rows.append(_big_is_zero_row(repeats, min_time))
+    rows.extend(_batch_path_rows(repeats, min_time))
+    # The threads rows first, on a machine as quiet as this run leaves it.
     big_zero = _pages(region_mib * 256, 1.0, seed=5)
+    huge = _huge_page_mib()
+    rows.extend(_scaling_rows(big_zero, repeats))
     rows.append(
         _region_row(
             f"{region_mib} MiB region, 100% zero", big_zero, repeats, min_time, all_zero=True
         )
     )
-    rows.extend(_scaling_rows(big_zero, repeats))
+    rows[-1].note += f"; {huge} MiB of this process in transparent huge pages"
     rows.append(_recv_row(big_zero, repeats, min_time))
     rows.append(_recv_legacy_row(big_zero, repeats, min_time))
+    rows.extend(_region_path_rows(f"{region_mib} MiB, 100% zero", big_zero, repeats, min_time))
     del big_zero
     mixed = _pages(region_mib * 256, 0.5, seed=6)
+    huge = _huge_page_mib()
     rows.append(
         _region_row(f"{region_mib} MiB region, 50% zero random mix", mixed, repeats, min_time)
     )
+    rows[-1].note += f"; {huge} MiB of this process in transparent huge pages"
+    rows.extend(
+        _region_path_rows(f"{region_mib} MiB, 50% zero random mix", mixed, repeats, min_time)
+    )
     del mixed
-    rows.append(_single_page_row(repeats, min_time))
-    rows.append(_big_is_zero_row(repeats, min_time))
-    rows.append(_paths_row(repeats, min_time))
-    return {
-        "cpu": cpu_name(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "simd": _kernels.get_simd(),
-        "simd_paths": list(_kernels.simd_paths()),
+    result: dict[str, Any] = {
+        **machine(),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "repeats": repeats,
+        "load_before": load_before,
+        "load_after": _loadavg(),
         "rows": [
             {
                 **asdict(r),
@@ -423,6 +552,53 @@ def run_benchmarks(
             }
             for r in rows
         ],
+    }
+    result["goals"] = evaluate_goals(result)
+    return result
+
+
+def _loadavg() -> float:
+    """The one-minute load average, or -1 where there is none."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return -1.0
+
+
+def _huge_page_mib() -> int:
+    """MiB of this process's memory in transparent huge pages (-1 if unknown)."""
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: CPU model and vendor, CPUs, SIMD paths."""
+    info = {"vendor": platform.machine(), "family": ""}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id":
+                    info["vendor"] = value.strip()
+                elif key == "cpu family" and not info["family"]:
+                    info["family"] = value.strip()
+    except OSError:
+        pass
+    return {
+        "cpu": cpu_name(),
+        "vendor": info["vendor"],
+        "family": info["family"],
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "simd": _kernels.get_simd(),
+        "simd_paths": list(_kernels.simd_paths()),
     }
 
 
@@ -434,11 +610,14 @@ def write_json(path: str, result: object) -> None:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Render the result as a text table with ratios against multifd_zero."""
+    """Render the result as a text table with ratios, then the goals and whether they are met."""
+    family = f" family {result['family']}" if result.get("family") else ""
     lines = [
-        f"CPU: {result['cpu']} ({result['cpus']} CPUs); SIMD path: {result['simd']} "
-        f"(available: {', '.join(result['simd_paths'])}); numpy {result['numpy']}; "
-        f"Python {result['python']}; medians of {result['repeats']} runs",
+        f"CPU: {result['cpu']} ({result.get('vendor', '?')}{family}, {result['cpus']} CPUs); "
+        f"SIMD path: {result['simd']} (available: {', '.join(result['simd_paths'])}); "
+        f"numpy {result['numpy']}; Python {result['python']}; medians of "
+        f"{result['repeats']} runs; load average {result.get('load_before', -1):.2f} before, "
+        f"{result.get('load_after', -1):.2f} after",
         "",
     ]
     for row in result["rows"]:
@@ -446,14 +625,24 @@ def format_table(result: dict[str, Any]) -> str:
         ns = row["ns_per_page"]
         first = next(iter(ns))
         base = ns[first]
+        best = min(ns.values())
+        per_path = row["name"].startswith("per SIMD path")
         for who, value in ns.items():
-            text = f"  {who:<16} {value:10.1f} ns/page {row['gb_per_s'][who]:8.2f} GB/s"
-            if who != first and first == "1 thread":
+            text = f"  {who:<17} {value:10.1f} ns/page {row['gb_per_s'][who]:8.2f} GB/s"
+            if per_path:
+                text += "  fastest" if value == best else f"  x{value / best:.2f} the fastest"
+            elif who != first and first == "1 thread":
                 text += f"  speed-up x{base / value:.2f}"
             elif who != first and first == "multifd_zero":
-                text += f"  multifd_zero is x{value / base:.2f} faster"
+                ratio = value / base
+                text += (
+                    f"  multifd_zero is x{ratio:.2f} faster"
+                    if ratio >= 1
+                    else f"  multifd_zero takes x{1 / ratio:.2f} its time"
+                )
             elif who != first:
                 text += f"  x{value / base:.2f} the time of {first}"
             lines.append(text)
         lines.append("")
+    lines.append(format_goals(result.get("goals") or evaluate_goals(result)))
     return "\n".join(lines)
