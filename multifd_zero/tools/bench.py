@@ -7,6 +7,7 @@ with the ratios. Medians of repeated runs. This is a measurement, never a test.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -335,7 +336,7 @@ def _batch_path_rows(repeats: int, min_time: float) -> list[BenchRow]:
         rows.append(
             _per_path(
                 label,
-                lambda host=host: _kernels.partition_zero_pages(host, offsets, PAGE),
+                functools.partial(_kernels.partition_zero_pages, host, offsets, PAGE),
                 BATCH,
                 repeats,
                 min_time,
@@ -377,6 +378,18 @@ def _region_path_rows(
     return rows
 
 
+def _one_page_contenders(
+    page: bytes, zero_page: bytes, is_zero: Callable[[bytes], bool]
+) -> dict[str, Callable[[], object]]:
+    """The three ways to test one page, each one Python call on a ready object."""
+    arr = np.frombuffer(page, dtype=np.uint64)
+    return {
+        "multifd_zero": lambda: is_zero(page),
+        "bytes ==": lambda: page == zero_page,
+        "numpy": lambda: not arr.any(),
+    }
+
+
 def _single_page_rows(repeats: int, min_time: float) -> list[BenchRow]:
     """``is_zero(page)`` against ``page == ZERO``, each timed through the same kind of lambda."""
     zero_page = bytes(PAGE)
@@ -389,17 +402,8 @@ def _single_page_rows(repeats: int, min_time: float) -> list[BenchRow]:
         ("first byte non-zero", b"\x01" + bytes(PAGE - 1)),
         ("non-zero only at byte 3800", bytes(late)),
     ):
-        arr = np.frombuffer(page, dtype=np.uint64)
         row = BenchRow(f"one 4 KiB page, one Python call: {label}", 1)
-        row.measure(
-            {
-                "multifd_zero": lambda page=page: is_zero(page),
-                "bytes ==": lambda page=page: page == zero_page,
-                "numpy": lambda arr=arr: not arr.any(),
-            },
-            repeats,
-            min_time,
-        )
+        row.measure(_one_page_contenders(page, zero_page, is_zero), repeats, min_time)
         row.note = "is_zero(page) vs page == ZERO on bytes; numpy: not arr.any() on a ready array"
         rows.append(row)
     return rows

@@ -162,7 +162,7 @@ class _Offsets(np.ndarray):
     ],
 )
 def test_offsets_read_directly_or_through_a_buffer_agree(wrap: object) -> None:
-    """Exact uint64 ndarrays skip the buffer request; every other container gives the same order."""
+    """Exact uint64 ndarrays skip the buffer request; other containers give the same order."""
     # The import probe must accept this numpy's arrays, or the fast entry is lost unnoticed.
     assert _kernels._reads_ndarrays_directly()
     labels = ["Z1", "N1", "Z2", "N2", "Z3", "N3"]
