@@ -92,10 +92,43 @@ static int mfz_select(int path)
     return 0;
 }
 
+#if MFZ_X86_DISPATCH
+/*
+ * AMD family 19h (Zen 3 and Zen 4; only Zen 4 has AVX-512) runs 512-bit
+ * operations as two 256-bit halves, and there the AVX2 batch loop reads zero
+ * memory out of cache about 9% faster, and no slower anywhere else (the
+ * per-path rows of `multifd-zero bench`). Family 1Ah (Zen 5) has full-width
+ * AVX-512 and keeps it.
+ */
+static int mfz_prefers_avx2(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) {
+        return 0;
+    }
+    /* "AuthenticAMD" in ebx, edx, ecx. */
+    if (ebx != 0x68747541u || edx != 0x69746e65u || ecx != 0x444d4163u) {
+        return 0;
+    }
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+        return 0;
+    }
+    unsigned int family = (eax >> 8) & 0xfu;
+    if (family == 0xfu) {
+        family += (eax >> 20) & 0xffu;
+    }
+    return family == 0x19u;
+}
+#endif
+
+/* The widest path this CPU runs, but for the CPUs where a narrower one is faster. */
 static int mfz_best_path(void)
 {
 #if MFZ_X86_DISPATCH
     __builtin_cpu_init();
+    if (mfz_path_supported(MFZ_AVX2) && mfz_prefers_avx2()) {
+        return MFZ_AVX2;
+    }
 #endif
     for (int path = MFZ_NPATHS - 1; path > 0; path--) {
         if (mfz_path_supported(path)) {

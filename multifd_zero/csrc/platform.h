@@ -15,6 +15,7 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define MFZ_X86_DISPATCH 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define MFZ_X86_DISPATCH 0

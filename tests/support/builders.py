@@ -139,3 +139,26 @@ def u64(values: list[int]) -> np.ndarray:
 def bitmap_bools(rmap: mz.ReceivedMap) -> list[bool]:
     """A receivedmap as one bool per page, read through its public ``test``."""
     return [rmap.test(i * rmap.page_size) for i in range(rmap.num_pages)]
+
+
+def expected_best_simd() -> str:
+    """The path "best" should pick here, worked out from /proc/cpuinfo, not from the kernels.
+
+    The widest path the CPU has, except AVX2 on AMD family 19h (Zen 4 runs
+    AVX-512 as two halves; csrc/dispatch.h says why).
+    """
+    paths = mz.simd_paths()
+    vendor = family = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key.strip() == "cpu family" and not family:
+                    family = value.strip()
+    except OSError:
+        pass
+    if vendor == "AuthenticAMD" and family == "25" and "avx2" in paths:
+        return "avx2"
+    return paths[-1]
