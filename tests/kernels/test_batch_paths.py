@@ -114,9 +114,9 @@ def test_zero_all_limit_loop_zeroes_exactly_the_buffer(shift: int) -> None:
 
 
 # Page kinds for the batch loop's three ways through a page (csrc/batch.h):
-# rejected by the first byte, read alone, or read in a group of eight side by
-# side, with runs of adjacent pages that switch it to one stream.
-_KINDS = ("zero", "first byte", "late byte", "last byte")
+# rejected by its sampled byte, read alone, or read in a group of eight side
+# by side, with runs of adjacent pages that switch it to one stream.
+_KINDS = ("zero", "first byte", "late byte", "last byte", "dense")
 
 
 @st.composite
@@ -131,6 +131,8 @@ def _mixed_batches(draw: st.DrawFn) -> tuple[int, bytes, list[int]]:
             ram[k * page_size + draw(st.integers(1, page_size - 1))] = 0x40
         elif kind == "last byte":
             ram[(k + 1) * page_size - 1] = 2
+        elif kind == "dense":
+            ram[k * page_size : (k + 1) * page_size] = b"\x5a" * page_size
     pages = st.integers(0, len(kinds) - 1)
     runs = st.tuples(pages, st.integers(1, 12)).map(
         lambda run: list(range(run[0], min(run[0] + run[1], len(kinds))))
