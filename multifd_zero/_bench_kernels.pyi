@@ -13,4 +13,7 @@ def _touch_heads(
     host: _ReadableBuffer, offsets: _ReadableBuffer, out: _WritableBuffer
 ) -> None: ...
 
+# A call that only spins for ns nanoseconds without the GIL: the threads' ceiling.
+def _busy(ns: float) -> None: ...
+
 __test__: dict[str, str]

@@ -305,6 +305,21 @@ def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
         row.ns_per_page["1 thread"] = _threads_ns(_both_on_one(fn), 1, units, repeats)
         row.ns_per_page["2 threads"] = _threads_ns(fn, 2, units, repeats)
         rows.append(row)
+    # The ceiling: calls as long as one batch's, that only spin without the GIL.
+    call_ns = rows[-1].ns_per_page["1 thread"] * BATCH
+    busy = _bench_kernels._busy
+
+    def spin(i: int) -> None:
+        for _ in range(calls * reps):
+            busy(call_ns)
+
+    row = BenchRow(
+        "GIL ceiling, 1 vs 2 threads (a no-work nogil call as long as one batch)", units
+    )
+    row.ns_per_page["1 thread"] = _threads_ns(_both_on_one(spin), 1, units, repeats)
+    row.ns_per_page["2 threads"] = _threads_ns(spin, 2, units, repeats)
+    row.note = f"{call_ns:.0f} ns a call, the one-thread time of one batch above"
+    rows.append(row)
     return rows
 
 

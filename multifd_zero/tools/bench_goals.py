@@ -83,6 +83,7 @@ GOALS = (
         "2 threads",
         1.8,
         at_least=True,
+        limit="GIL ceiling",
     ),
 )
 
@@ -111,6 +112,9 @@ def evaluate_goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             entry["met"] = value >= goal.bound if goal.at_least else value <= goal.bound
             if goal.limit and goal.limit in ns:
                 entry["limit"] = ns[goal.limit]
+            elif goal.limit and (ceiling := _find(rows, goal.limit)):
+                top = ceiling["ns_per_page"]
+                entry["limit"] = top[goal.who] / top[goal.base] if goal.base else top[goal.who]
         out.append(entry)
     out.append(_default_path_goal(rows))
     return out
@@ -155,7 +159,11 @@ def format_goals(goals: list[dict[str, Any]]) -> str:
         status = "met" if g["met"] else "NOT MET"
         line = f"  [{status}] {g['goal']}: {g['value']:.2f} (goal {sign} {g['bound']:.2f})"
         if "limit" in g:
-            line += f"; measured floor here: {g['limit']:.2f} ns a page"
+            line += (
+                f"; measured ceiling here: {g['limit']:.2f}"
+                if g["at_least"]
+                else f"; measured floor here: {g['limit']:.2f} ns a page"
+            )
         if g.get("slower_in"):
             line += "; slower in: " + ", ".join(g["slower_in"])
         lines.append(line)

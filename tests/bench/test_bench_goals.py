@@ -45,6 +45,22 @@ def test_ratios_and_bounds_both_ways() -> None:
     assert zero["value"] == 150.0 / 135.0 and zero["met"] is False
     threads = _by_text(goals, "2 threads")
     assert threads["value"] == 40.0 / 21.0 and threads["met"] is True
+    assert "limit" not in threads
+
+
+def test_the_threads_goal_carries_the_gil_ceiling_of_the_same_run() -> None:
+    """Two threads below the goal are shown next to what a no-work call reaches."""
+    rows = [
+        _row(
+            "in L2, 1 vs 2 threads (partition, 100% zero, one batch a call)",
+            **{"1 thread": 40.0, "2 threads": 25.0},
+        ),
+        _row("GIL ceiling, 1 vs 2 threads (a no-work call)", **{"1 thread": 40, "2 threads": 23}),
+    ]
+    goals = evaluate_goals(_result(rows))
+    threads = _by_text(goals, "2 threads")
+    assert threads["met"] is False and threads["limit"] == 40 / 23
+    assert "measured ceiling here: 1.74" in format_goals(goals)
 
 
 def test_missing_rows_are_not_measured_never_met() -> None:
