@@ -162,3 +162,21 @@ def test_hypothesis_mixed_batches_on_every_path(case: tuple[int, bytes, list[int
             ), path
     finally:
         mz.set_simd(active)
+
+
+@pytest.mark.parametrize("page_size", [1024, 4096])
+def test_one_normal_page_anywhere_in_zero_memory(simd_path: str, page_size: int) -> None:
+    """Contiguous zero pages switch the loop to runs read as one region: one non-zero byte
+    in any page of the region, at its start, middle or end, still makes only that page normal."""
+    pages = 60
+    base = bytearray(pages * page_size)
+    offsets = np.arange(pages, dtype=np.uint64) * np.uint64(page_size)
+    for page in range(pages):
+        for pos in (0, 129, page_size // 2 + 64, page_size - 1):
+            at = page * page_size + pos
+            base[at] = 0x10
+            host = bytes(base)
+            base[at] = 0
+            expected = [k != page for k in range(pages)]
+            assert mz.zero_page_mask(host, page_size).tolist() == expected, (page, pos)
+            assert mz.scan_zero_pages(host, offsets, page_size).tolist() == expected, (page, pos)
