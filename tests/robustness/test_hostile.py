@@ -41,6 +41,7 @@ from __future__ import annotations
 import array
 import importlib.util
 import mmap
+import operator
 import os
 import platform
 import re
@@ -839,7 +840,9 @@ def check_decoded(pkt: Any, page_count: Any, page_size: Any, blocks_: Any) -> No
     if num:
         assert pkt.ramblock in blocks_
         used = blocks_[pkt.ramblock]
-        assert all(o % page_size == 0 and o + page_size <= used for o in pkt.offsets.tolist())
+        # As a Python int: a page size drawn as np.uint16 would overflow in o + ps.
+        ps = operator.index(page_size)
+        assert all(o % ps == 0 and o + ps <= used for o in pkt.offsets.tolist())
 
 
 @target("decode_packet")
