@@ -23,6 +23,7 @@ __all__ = [
     "MagicError",
     "MigrationAbortedError",
     "MigrationError",
+    "NoProgressError",
     "OffsetError",
     "PacketError",
     "ReservedError",
@@ -166,3 +167,13 @@ class MigrationError(RuntimeError):
 
 class MigrationAbortedError(RuntimeError):
     """This thread stopped because another part of the migration failed first."""
+
+
+class NoProgressError(TimeoutError):
+    """A peer that keeps a connection alive without moving the migration on.
+
+    Raised when a side received fewer than the minimum bytes within the
+    no-progress window (:class:`multifd_zero.migration.transport.ProgressDeadline`),
+    however often single bytes arrive. A ``TimeoutError``, so code that
+    handles timeouts handles it too.
+    """

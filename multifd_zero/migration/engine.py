@@ -39,7 +39,13 @@ from .destination import DestinationReport, MigrationDestination
 from .process import DestinationConfig, DestinationProcess, fresh_memory
 from .shm import SharedRAM
 from .source import MigrationSource, ProgressCallback, SourceReport
-from .transport import TRANSPORTS, Channel, connect, inprocess_pair
+from .transport import (
+    DEFAULT_MIN_PROGRESS_BYTES,
+    TRANSPORTS,
+    Channel,
+    connect,
+    inprocess_pair,
+)
 
 __all__ = ["MigrationAbortedError", "MigrationError", "MigrationResult", "migrate"]
 
@@ -132,6 +138,8 @@ def migrate(
     progress: ProgressCallback | None = None,
     timeout: float = 60.0,
     checksum: bool = False,
+    min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES,
+    progress_seconds: float | None = None,
 ) -> MigrationResult:
     """Migrate ``source`` into ``destination`` over ``channels`` multifd channels.
 
@@ -192,6 +200,12 @@ def migrate(
         no progress, so it must take less than ``timeout``.
     checksum : bool, default False
         Hash the destination memory at the end, where it lives.
+    min_progress_bytes : int, default 4096
+        The destination's no-progress rule: at least this many bytes over
+        all channels every ``progress_seconds``...
+    progress_seconds : float, optional
+        ...(default: ``timeout``), however often single bytes arrive; else
+        :class:`~multifd_zero.errors.NoProgressError`.
 
     Returns
     -------
@@ -252,7 +266,11 @@ def migrate(
             )
     stats = MigrationStats()
     uuid = uuid_module.uuid4().bytes
+    if progress_seconds is not None and not progress_seconds > 0:
+        raise ValueError(f"progress_seconds must be positive, got {progress_seconds}")
+    min_progress_bytes = check_int("min_progress_bytes", min_progress_bytes, 0, 1 << 40)
     run = _Run(source, stats, options, page_count, uuid, channels, timeout, progress)
+    run.deadline = (min_progress_bytes, progress_seconds)
     rounds = _rounds(source, dirty)
     if transport == "inprocess":
         report, digest = run.inprocess(destination, rounds, checksum)
@@ -299,6 +317,7 @@ class _Run:
         self.progress = progress
         self.seconds = 0.0
         self.source_report = SourceReport()
+        self.deadline: tuple[int, float | None] = (DEFAULT_MIN_PROGRESS_BYTES, None)
 
     def _source(self, main: Channel, multifd: list[Channel]) -> MigrationSource:
         return MigrationSource(
@@ -330,6 +349,8 @@ class _Run:
             page_count=self.page_count,
             uuid=self.uuid,
             timeout=self.timeout,
+            min_progress_bytes=self.deadline[0],
+            progress_seconds=self.deadline[1],
         )
         outcome: dict[str, Any] = {}
 
@@ -404,6 +425,8 @@ class _Run:
                 simd=_kernels.get_simd(),
                 timeout=self.timeout,
                 checksum=checksum,
+                min_progress_bytes=self.deadline[0],
+                progress_seconds=self.deadline[1],
             )
             child = DestinationProcess(config, cwd=workdir, timeout=self.timeout)
             listening = child.expect("listening")

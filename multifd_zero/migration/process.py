@@ -41,7 +41,7 @@ from ..errors import MigrationError
 from ..options import MigrationOptions
 from ..ramblock import RAMBlock
 from .destination import MigrationDestination
-from .transport import Listener
+from .transport import DEFAULT_MIN_PROGRESS_BYTES, Listener
 
 __all__ = [
     "DestinationConfig",
@@ -95,6 +95,8 @@ class DestinationConfig:
     timeout : float
     checksum : bool
         Hash the memory at the end, where it lives.
+    min_progress_bytes, progress_seconds
+        The no-progress rule (see :class:`MigrationDestination`).
     """
 
     transport: str
@@ -112,6 +114,8 @@ class DestinationConfig:
     simd: str
     timeout: float
     checksum: bool
+    min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES
+    progress_seconds: float | None = None
 
     def to_json(self) -> str:
         """One line of JSON (bytes as hex, the options as their fields)."""
@@ -291,8 +295,10 @@ def run_child(config: DestinationConfig) -> None:
             page_count=config.page_count,
             uuid=config.uuid,
             timeout=config.timeout,
+            min_progress_bytes=config.min_progress_bytes,
+            progress_seconds=config.progress_seconds,
         )
-        report = destination.run(listener.accept)
+        report = destination.run(listener.accept, extra=listener.poll)
     finally:
         listener.close()
     reply: dict[str, Any] = {"event": "complete", "report": report.as_dict()}

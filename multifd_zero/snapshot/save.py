@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import queue
+import select
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ from .. import (
 from ..errors import MigrationAbortedError, SnapshotError, StreamError, StreamSizeError
 from ..migration._failure import POLL, Failure
 from ..migration.process import fresh_memory
-from ..migration.transport import SocketChannel
+from ..migration.transport import DEFAULT_MIN_PROGRESS_BYTES, ProgressDeadline, SocketChannel
 from ..wire import (
     HandshakeError,
     decode_init,
@@ -52,7 +53,6 @@ from .connections import (
     channel_bytes,
     check_channels,
     listen_uri,
-    peek,
 )
 from .manifest import (
     DEVICE_STATE_FILE,
@@ -77,9 +77,15 @@ class _Destination:
     """One incoming migration: the main channel on the caller's thread, multifd on threads."""
 
     def __init__(
-        self, listener: socket.socket, channels: int, timeout: float, progress: Progress | None
+        self,
+        listener: socket.socket,
+        channels: int,
+        timeout: float,
+        progress: Progress | None,
+        deadline: ProgressDeadline,
     ) -> None:
         self.listener = listener
+        self.deadline = deadline
         self.channels = channels
         self.timeout = timeout
         self.progress = progress
@@ -103,6 +109,7 @@ class _Destination:
         self.total_bytes = 0
         self.first_contact: float | None = None
         self.finished = threading.Event()
+        self.uri = ""
 
     def fail(self, exc: BaseException) -> None:
         """Record the first error and close every connection, unblocking every reader."""
@@ -133,28 +140,29 @@ class _Destination:
                         if self.failure.event.is_set() or self.finished.is_set():
                             return
                         if not complete and time.monotonic() > deadline:
+                            missing = [] if have_main else ["the main channel"]
+                            if wanted_multifd:
+                                missing.append(f"{wanted_multifd} multifd channels")
                             raise TimeoutError(
-                                f"no incoming connection within {self.timeout} s"
+                                f"nobody connected to {self.uri} within {self.timeout:g} s "
+                                f"(still missing: {' and '.join(missing)})"
                             ) from None
                 if self.first_contact is None:
                     self.first_contact = time.monotonic()
-                conn = SocketChannel(sock, self.timeout)
+                    self.deadline.restart()
+                conn = self._wrap(sock)
                 with self.conns_lock:
                     self.conns.append(conn)
-                magic = peek(conn, 4, time.monotonic() + self.timeout)
+                magic = conn.peek(4, what="its magic (main or multifd channel?)")
                 if magic == b"QEVM":
                     if have_main:
-                        raise HandshakeError("a second main channel connected")
+                        raise HandshakeError(f"a second main channel, from {conn.label}")
                     have_main = True
+                    conn.label = f"main channel ({conn.label})"
                     self.main_queue.put(conn)
                 else:
                     if not wanted_multifd:
-                        raise HandshakeError(
-                            f"more than the {self.channels} expected multifd channels connected"
-                            if self.channels
-                            else "a multifd channel connected, but multifd is off here "
-                            "(channels=0)"
-                        )
+                        raise self._extra(conn)
                     wanted_multifd -= 1
                     thread = threading.Thread(
                         target=self._channel_thread,
@@ -166,6 +174,38 @@ class _Destination:
                     thread.start()
         except BaseException as exc:
             self.failure.fail(exc)
+
+    def _wrap(self, sock: socket.socket) -> SocketChannel:
+        conn = SocketChannel(sock, self.timeout)
+        conn.progress = self.deadline
+        return conn
+
+    def _extra(self, conn: SocketChannel) -> HandshakeError:
+        if not self.channels:
+            return HandshakeError(
+                f"a connection from {conn.label} that is not the main channel, "
+                "but multifd is off here (channels=0)"
+            )
+        return HandshakeError(
+            f"a connection from {conn.label} beyond the main channel and the {self.channels} "
+            "expected multifd channels (a second claim to a channel, or a connection that "
+            "took a channel's place): the migration is refused"
+        )
+
+    def _check_no_extra(self) -> None:
+        """Before completing: a connection waiting to be accepted fails the migration."""
+        ready, _, _ = select.select([self.listener], [], [], 0)
+        if not ready:
+            return
+        self.listener.settimeout(0)
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):  # pragma: no cover - it went away
+            return
+        conn = self._wrap(sock)
+        with self.conns_lock:
+            self.conns.append(conn)
+        raise self._extra(conn)
 
     # -- multifd channels
 
@@ -179,12 +219,15 @@ class _Destination:
 
     def _channel(self, conn: SocketChannel) -> None:
         init = bytearray(64)
-        conn.recv_exact(memoryview(init), what="a multifd handshake")
+        conn.recv_exact(memoryview(init), what="its multifd handshake")
         hello = decode_init(init, channels=self.channels)
         with self.id_lock:
             if hello.id in self.ids_seen:
-                raise HandshakeError(f"multifd channel id {hello.id} connected twice")
+                raise HandshakeError(
+                    f"multifd channel id {hello.id} claimed twice, the second time by {conn.label}"
+                )
             self.ids_seen.add(hello.id)
+            conn.label = f"multifd channel {hello.id} ({conn.label})"
             if self.uuid is None:
                 self.uuid = hello.uuid
             elif hello.uuid != self.uuid:
@@ -194,7 +237,9 @@ class _Destination:
                 )
         counts = Counts()
         self.channel_counts.append(counts)
-        self.failure.wait_event(self.blocks_ready, self.timeout, "block list (MEM_SIZE)")
+        self.failure.wait_event(
+            self.blocks_ready, self.timeout, f"the block list (MEM_SIZE) before {conn.label}"
+        )
         lengths = {name: block.used_length for name, block in self.blocks.items()}
         size = packet_len(self.page_count)
         header = bytearray(size)
@@ -224,7 +269,9 @@ class _Destination:
             if pkt.sync:
                 self.synced.release()
                 self.failure.wait(
-                    self.release[hello.id], self.timeout, "MULTIFD_FLUSH on the main channel"
+                    self.release[hello.id],
+                    self.timeout,
+                    f"MULTIFD_FLUSH on the main channel to release {conn.label}",
                 )
 
     def _progress(self, pages: int) -> None:
@@ -238,7 +285,9 @@ class _Destination:
     def _sync_main(self) -> None:
         """``multifd_recv_sync_main``: one SYNC from every channel, then release them all."""
         for _ in range(self.channels):
-            self.failure.wait(self.synced, self.timeout, "SYNC packet from every channel")
+            self.failure.wait(
+                self.synced, self.timeout, "a SYNC packet from every multifd channel"
+            )
         for sem in self.release:
             sem.release()
 
@@ -263,6 +312,7 @@ class _Destination:
 
     def run(self) -> tuple[dict[str, Any], Counts]:
         accept = threading.Thread(target=self._accept_all, daemon=True, name="snapshot-accept")
+        self.accept_thread = accept
         accept.start()
         try:
             return self._run_main()
@@ -298,6 +348,7 @@ class _Destination:
                     raise MigrationAbortedError("the snapshot failed elsewhere") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no main channel within {self.timeout} s") from None
+        main.waiting_for = "the main stream"
         reader = StreamReader(main, page_size=PAGE_SIZE)
         counts = Counts()
         info: dict[str, Any] = {"commands": []}
@@ -339,6 +390,11 @@ class _Destination:
             raise HandshakeError(
                 f"{len(self.ids_seen)} multifd channels connected, {self.channels} expected"
             )
+        self.finished.set()
+        self.accept_thread.join(self.timeout)
+        if self.failure.error is not None:
+            raise self.failure.error
+        self._check_no_extra()
         info["main_bytes"] = channel_bytes(main)
         return info, counts
 
@@ -359,6 +415,11 @@ class SnapshotSaver:
         Seconds any single wait (a connection, a read, a sync) may take.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called from receiving threads.
+    min_progress_bytes : int, default 4096
+        The no-progress rule: at least this many bytes over all connections
+        every ``progress_seconds`` (default: ``timeout``), or
+        :class:`~multifd_zero.errors.NoProgressError`.
+    progress_seconds : float, optional
 
     Attributes
     ----------
@@ -380,10 +441,15 @@ class SnapshotSaver:
         *,
         timeout: float = 60.0,
         progress: Progress | None = None,
+        min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES,
+        progress_seconds: float | None = None,
     ) -> None:
         check_channels(channels)
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        ProgressDeadline(progress_seconds or timeout, min_bytes=min_progress_bytes)  # checks
+        self.min_progress_bytes = min_progress_bytes
+        self.progress_seconds = progress_seconds
         self.directory = Path(directory)
         if (self.directory / MANIFEST).exists():
             raise SnapshotError(f"{self.directory} already holds a snapshot")
@@ -413,7 +479,12 @@ class SnapshotSaver:
             raise RuntimeError("a SnapshotSaver receives one migration only")
         self._used = True
         start = time.monotonic()
-        dest = _Destination(self._sock, self.channels, self.timeout, self.progress)
+        deadline = ProgressDeadline(
+            self.timeout if self.progress_seconds is None else self.progress_seconds,
+            min_bytes=self.min_progress_bytes,
+        )
+        dest = _Destination(self._sock, self.channels, self.timeout, self.progress, deadline)
+        dest.uri = self.uri
         info, counts = dest.run()
         if dest.first_contact is not None:
             start = dest.first_contact
