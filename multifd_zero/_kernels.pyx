@@ -54,10 +54,12 @@ cdef enum:
     _IF_RECEIVED = 0   # multifd precopy: a page seen before is zeroed, a new one is not touched
     _ALWAYS = 1        # postcopy-ram: every zero page is written (QEMU 10.1)
     _IF_NONZERO = 2    # legacy stream (ram_handle_zero): read first, write only if not zero
+    _IF_RECEIVED_OR_NONZERO = 3  # multifd precopy into memory not known to be zero
 
 ZERO_IF_RECEIVED = _IF_RECEIVED
 ZERO_ALWAYS = _ALWAYS
 ZERO_IF_NONZERO = _IF_NONZERO
+ZERO_IF_RECEIVED_OR_NONZERO = _IF_RECEIVED_OR_NONZERO
 
 
 # ----------------------------------------------------------------- validation
@@ -659,8 +661,11 @@ def recv_zero_pages(
     name : str, default "offsets"
         The argument\'s name in error messages.
     mode : int
-        ``ZERO_IF_RECEIVED`` (multifd precopy), ``ZERO_ALWAYS`` (postcopy-ram)
-        or ``ZERO_IF_NONZERO`` (the legacy stream's ``ram_handle_zero``).
+        ``ZERO_IF_RECEIVED`` (multifd precopy into fresh memory),
+        ``ZERO_ALWAYS`` (postcopy-ram), ``ZERO_IF_NONZERO`` (the legacy
+        stream's ``ram_handle_zero``) or ``ZERO_IF_RECEIVED_OR_NONZERO``
+        (multifd precopy into memory not known to be zero: a page received
+        before is zeroed, a new one is read and zeroed only if not zero).
 
     Returns
     -------
@@ -681,8 +686,11 @@ def recv_zero_pages(
     cdef uint8_t *base
     cdef uint64_t *words
     mode = _as_int(mode, "mode")
-    if mode not in (ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO):
-        raise ValueError(f"mode must be ZERO_IF_RECEIVED, ZERO_ALWAYS or ZERO_IF_NONZERO, got {mode}")
+    if mode not in (ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO, ZERO_IF_RECEIVED_OR_NONZERO):
+        raise ValueError(
+            "mode must be ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO or "
+            f"ZERO_IF_RECEIVED_OR_NONZERO, got {mode}"
+        )
     how = mode
     shift = _page_shift(ps)
     _begin(&c)
@@ -699,7 +707,7 @@ def recv_zero_pages(
             for k in range(n):
                 bit = work[k] >> shift
                 received = mfz_bit_test(words, bit)
-                if how == _IF_NONZERO:
+                if how == _IF_NONZERO or (how == _IF_RECEIVED_OR_NONZERO and not received):
                     if not mfz_is_zero(path, base + work[k], ps):
                         memset(base + work[k], 0, ps)
                         written += 1

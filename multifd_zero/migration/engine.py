@@ -340,7 +340,7 @@ class _Run:
         memory: mmap.mmap | None = None
         if destination is None:
             memory = fresh_memory(self.source.used_length)
-            destination = RAMBlock(self.source.idstr, memory, self.source.page_size)
+            destination = RAMBlock(self.source.idstr, memory, self.source.page_size, fresh=True)
         pairs = [inprocess_pair(timeout=self.timeout) for _ in range(self.channels + 1)]
         receiver = MigrationDestination(
             [destination],
@@ -425,6 +425,7 @@ class _Run:
                 simd=_kernels.get_simd(),
                 timeout=self.timeout,
                 checksum=checksum,
+                fresh=destination is None or destination.fresh,
                 min_progress_bytes=self.deadline[0],
                 progress_seconds=self.deadline[1],
             )

@@ -95,6 +95,9 @@ class DestinationConfig:
     timeout : float
     checksum : bool
         Hash the memory at the end, where it lives.
+    fresh : bool
+        With ``path``: whether its pages not yet received are known to be
+        zero (:attr:`RAMBlock.fresh`); fresh memory is, always.
     min_progress_bytes, progress_seconds
         The no-progress rule (see :class:`MigrationDestination`).
     """
@@ -114,6 +117,7 @@ class DestinationConfig:
     simd: str
     timeout: float
     checksum: bool
+    fresh: bool = True
     min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES
     progress_seconds: float | None = None
 
@@ -282,7 +286,9 @@ def run_child(config: DestinationConfig) -> None:
     if config.simd:
         _kernels.set_simd(config.simd)
     memory = _memory(config)
-    block = RAMBlock(config.idstr, memory, config.page_size)
+    block = RAMBlock(
+        config.idstr, memory, config.page_size, fresh=config.path is None or config.fresh
+    )
     if config.receivedmap:
         block.receivedmap.bitmap[:] = np.frombuffer(config.receivedmap, dtype=np.uint64)
     listener = Listener(config.transport, config.address, timeout=config.timeout)

@@ -304,7 +304,7 @@ class _Destination:
                 raise StreamSizeError(
                     f"cannot map {length} bytes for block {idstr!r}: {exc}", at
                 ) from None
-            self.blocks[idstr] = RAMBlock(idstr, host, PAGE_SIZE)
+            self.blocks[idstr] = RAMBlock(idstr, host, PAGE_SIZE, fresh=True)
             self.written[idstr] = np.zeros(length // PAGE_SIZE, dtype=np.bool_)
             self.order.append((idstr, length))
         self.total_bytes = mem.total
