@@ -397,14 +397,14 @@ class _Run:
         staging: SharedRAM | None = None
         child: DestinationProcess | None = None
         try:
-            path: str | None = None
+            fd: int | None = None
             if destination is not None:
                 if isinstance(destination.host, SharedRAM):
-                    path = destination.host.path
+                    fd = destination.host.fileno()
                 else:
                     staging = SharedRAM(destination.used_length)
                     _copy(destination.host, staging)
-                    path = staging.path
+                    fd = staging.fileno()
             config = DestinationConfig(
                 transport=transport,
                 address=os.path.join(workdir, "migrate.sock") if transport == "unix" else None,
@@ -415,7 +415,9 @@ class _Run:
                 size=(
                     destination.used_length if destination is not None else self.source.used_length
                 ),
-                path=path,
+                path=None,
+                fd=fd,
+                workdir=workdir,
                 receivedmap=(
                     destination.receivedmap.bitmap.tobytes() if destination is not None else None
                 ),
