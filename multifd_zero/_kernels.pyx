@@ -506,9 +506,10 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
     host : buffer
         The RAM block's memory, C-contiguous; read-only is fine.
     offsets : numpy.ndarray
-        Writable, C-contiguous 2-D ``uint64`` array, one batch per row; every
-        offset page-aligned with its page inside ``host``. Each row is
-        reordered in place exactly as :func:`partition_zero_pages` would.
+        Writable, C-contiguous 2-D ``uint64`` array, one batch per row, each
+        of at least one offset (no rows at all is fine); every offset
+        page-aligned with its page inside ``host``. Each row is reordered in
+        place exactly as :func:`partition_zero_pages` would.
     page_size : int, default 4096
     name : str, default "offsets"
         The argument\'s name in error messages.
@@ -542,6 +543,12 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
         ov = _acquire(&c, offsets, _U64_2D | _WRITE, name)
         rows = ov.shape[0]
         cols = ov.shape[1]
+        if cols == 0 and rows > 0:
+            # The answer is one int64 per row: rows of nothing would make it
+            # any size from an empty input (10**8 rows, 800 MB).
+            raise ValueError(
+                f"{name} has {rows} rows of no offsets: each row is a batch of at least one page"
+            )
         work = _copy_offsets(&c, ov, hv.len, ps, name)
         zero = _page_flags(&c, cols)
         normals = np.empty(rows, dtype=np.int64)
