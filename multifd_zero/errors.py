@@ -38,6 +38,7 @@ __all__ = [
     "StreamSizeError",
     "StreamTruncatedError",
     "StreamVersionError",
+    "TLSError",
     "TruncatedError",
     "UnsupportedStreamError",
     "UriError",
@@ -91,6 +92,13 @@ class TruncatedError(PacketError):
 
 class HandshakeError(PacketError):
     """A channel handshake for another migration, or a bad or repeated channel id."""
+
+
+class TLSError(HandshakeError):
+    """A connection's TLS handshake failed: not TLS at all, or a certificate not trusted.
+
+    Raised before any byte of the connection is used as migration data.
+    """
 
 
 class StreamError(PacketError):

@@ -277,13 +277,20 @@ class MigrationDestination:
     def _classify(self, accept: Callable[[], Channel]) -> tuple[Channel, dict[int, Channel]]:
         main: Channel | None = None
         multifd: dict[int, Channel] = {}
-        for _ in range(self.channels + 1):  # exactly channels + 1 connections
+        accepted: list[Channel] = []
+        # Every connection first, then their first bytes: a source may connect all its
+        # channels (each with its TLS handshake) before it writes to any.
+        for k in range(self.channels + 1):  # exactly channels + 1 connections
             try:
                 channel = accept()
             except TimeoutError as exc:
-                raise TimeoutError(f"{exc} ({self._missing(main, multifd)})") from None
+                raise TimeoutError(
+                    f"{exc} ({k} of the {self.channels + 1} connections arrived)"
+                ) from None
             self.failure.add_channel(channel)
             channel.progress = self.progress
+            accepted.append(channel)
+        for channel in accepted:
             peer = channel.label
             head = bytearray(HANDSHAKE_SIZE)
             view = memoryview(head)
@@ -311,13 +318,6 @@ class MigrationDestination:
         if main is None:
             raise HandshakeError("no main channel among the connections")
         return main, multifd
-
-    def _missing(self, main: Channel | None, multifd: dict[int, Channel]) -> str:
-        missing = [] if main is not None else ["the main channel"]
-        ids = [i for i in range(self.channels) if i not in multifd]
-        if ids:
-            missing.append(f"multifd channels {ids}")
-        return "still missing: " + " and ".join(missing) if missing else "one more connection"
 
     def _refuse_extra(self, channel: Channel) -> None:
         self.failure.add_channel(channel)

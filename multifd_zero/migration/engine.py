@@ -39,8 +39,10 @@ from .destination import DestinationReport, MigrationDestination
 from .process import DestinationConfig, DestinationProcess, fresh_memory
 from .shm import SharedRAM
 from .source import MigrationSource, ProgressCallback, SourceReport
+from .tls import TLSConfig
 from .transport import (
     DEFAULT_MIN_PROGRESS_BYTES,
+    LOOPBACK,
     TRANSPORTS,
     Channel,
     connect,
@@ -140,6 +142,7 @@ def migrate(
     checksum: bool = False,
     min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES,
     progress_seconds: float | None = None,
+    tls: TLSConfig | None = None,
 ) -> MigrationResult:
     """Migrate ``source`` into ``destination`` over ``channels`` multifd channels.
 
@@ -206,6 +209,11 @@ def migrate(
     progress_seconds : float, optional
         ...(default: ``timeout``), however often single bytes arrive; else
         :class:`~multifd_zero.errors.NoProgressError`.
+    tls : TLSConfig, optional
+        TLS on every channel (sockets only): the source is the client, the
+        destination process the server, both from ``tls.creds_dir``; the
+        server's certificate must name ``tls.hostname`` (default
+        ``127.0.0.1`` over TCP; required over a Unix socket).
 
     Returns
     -------
@@ -266,11 +274,18 @@ def migrate(
             )
     stats = MigrationStats()
     uuid = uuid_module.uuid4().bytes
+    if tls is not None:
+        if not isinstance(tls, TLSConfig):
+            raise TypeError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        if transport == "inprocess":
+            raise ValueError("TLS needs a socket transport ('tcp' or 'unix')")
+        tls.server_name(LOOPBACK if transport == "tcp" else None)  # checked before starting
     if progress_seconds is not None and not progress_seconds > 0:
         raise ValueError(f"progress_seconds must be positive, got {progress_seconds}")
     min_progress_bytes = check_int("min_progress_bytes", min_progress_bytes, 0, 1 << 40)
     run = _Run(source, stats, options, page_count, uuid, channels, timeout, progress)
     run.deadline = (min_progress_bytes, progress_seconds)
+    run.tls = tls
     rounds = _rounds(source, dirty)
     if transport == "inprocess":
         report, digest = run.inprocess(destination, rounds, checksum)
@@ -318,6 +333,7 @@ class _Run:
         self.seconds = 0.0
         self.source_report = SourceReport()
         self.deadline: tuple[int, float | None] = (DEFAULT_MIN_PROGRESS_BYTES, None)
+        self.tls: TLSConfig | None = None
 
     def _source(self, main: Channel, multifd: list[Channel]) -> MigrationSource:
         return MigrationSource(
@@ -428,6 +444,8 @@ class _Run:
                 timeout=self.timeout,
                 checksum=checksum,
                 fresh=destination is None or destination.fresh,
+                tls_dir=None if self.tls is None else os.fspath(self.tls.creds_dir),
+                tls_verify_peer=True if self.tls is None else self.tls.verify_peer,
                 min_progress_bytes=self.deadline[0],
                 progress_seconds=self.deadline[1],
             )
@@ -437,14 +455,23 @@ class _Run:
             address = tuple(address) if isinstance(address, list) else address
             start = time.perf_counter()
             source_error: BaseException | None = None
+            tls = None if self.tls is None else self.tls.client_context()
+            hostname = (
+                None
+                if self.tls is None
+                else self.tls.server_name(LOOPBACK if transport == "tcp" else None)
+            )
+
+            def dial() -> Channel:
+                return connect(
+                    transport, address, timeout=self.timeout, tls=tls, hostname=hostname
+                )
+
             try:
-                main = connect(transport, address, timeout=self.timeout)
+                main = dial()
                 multifd: list[Channel] = []
                 try:
-                    multifd.extend(
-                        connect(transport, address, timeout=self.timeout)
-                        for _ in range(self.channels)
-                    )
+                    multifd.extend(dial() for _ in range(self.channels))
                 except BaseException:
                     for channel in [main, *multifd]:
                         channel.close()

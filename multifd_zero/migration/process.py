@@ -52,6 +52,7 @@ from ..errors import MigrationError
 from ..options import MigrationOptions
 from ..ramblock import RAMBlock
 from .destination import MigrationDestination
+from .tls import TLSConfig
 from .transport import DEFAULT_MIN_PROGRESS_BYTES, Listener
 
 __all__ = [
@@ -110,6 +111,9 @@ class DestinationConfig:
         An inherited file descriptor to map as the block's memory (instead of ``path``).
     workdir : str or None
         The parent's temporary folder, removed by the child if the parent dies.
+    tls_dir, tls_verify_peer
+        TLS on every channel: the credentials directory and ``verify-peer``
+        (:class:`~multifd_zero.migration.tls.TLSConfig`), or None for none.
     fresh : bool
         With ``path`` or ``fd``: whether its pages not yet received are known to be
         zero (:attr:`RAMBlock.fresh`); fresh memory is, always.
@@ -135,6 +139,8 @@ class DestinationConfig:
     fresh: bool = True
     fd: int | None = None
     workdir: str | None = None
+    tls_dir: str | None = None
+    tls_verify_peer: bool = True
     min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES
     progress_seconds: float | None = None
 
@@ -318,7 +324,12 @@ def run_child(config: DestinationConfig) -> None:
     )
     if config.receivedmap:
         block.receivedmap.bitmap[:] = np.frombuffer(config.receivedmap, dtype=np.uint64)
-    listener = Listener(config.transport, config.address, timeout=config.timeout)
+    tls = (
+        None
+        if config.tls_dir is None
+        else TLSConfig(config.tls_dir, verify_peer=config.tls_verify_peer).server_context()
+    )
+    listener = Listener(config.transport, config.address, timeout=config.timeout, tls=tls)
     try:
         _emit({"event": "listening", "address": listener.address})
         destination = MigrationDestination(

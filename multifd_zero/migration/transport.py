@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import NoProgressError, TruncatedError
+from .tls import handshake
 
 __all__ = [
     "DEFAULT_MIN_PROGRESS_BYTES",
@@ -259,6 +260,9 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close both directions; a peer's pending receive sees the end of the stream."""
+
+    def end(self) -> None:  # noqa: B027 - most kinds have no session to end
+        """The sender is done: end the session cleanly where the kind has one (TLS)."""
 
     @property
     @abc.abstractmethod
@@ -601,9 +605,29 @@ class SocketChannel(Channel):
             return
         self._closed = True
         # shutdown wakes a thread blocked in recv on this socket; close alone does not.
+        # (The plain socket's shutdown: a TLS socket's would drop its session under
+        # a reading thread.)
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
         self._sock.close()
+
+    def end(self) -> None:
+        """The sender is done: end the TLS session with ``close_notify`` (QEMU 10's
+        ``gnutls_bye`` on its multifd channels), then shut down writing.
+
+        Called by the thread that sends, never concurrently with a receive.
+        """
+        if self._closed:
+            return
+        if isinstance(self._sock, ssl.SSLSocket):
+            # Wait for room for the alert, then send it without waiting for the peer's.
+            with contextlib.suppress(OSError, ValueError):
+                select.select([], [self._sock], [], self.timeout)
+                self._sock.settimeout(0.0)
+                self._sock_timeout = 0.0
+                self._sock.unwrap()
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self._sock, socket.SHUT_WR)
 
     @property
     def closed(self) -> bool:
@@ -641,6 +665,9 @@ class Listener:
         picks a free one). Unix: a path that does not exist yet (required).
     timeout : float
         Seconds :meth:`accept` waits; also given to accepted channels.
+    tls : ssl.SSLContext, optional
+        A server context (:meth:`~multifd_zero.migration.tls.TLSConfig.server_context`):
+        every accepted connection's TLS handshake is run before it is returned.
     """
 
     def __init__(
@@ -649,9 +676,11 @@ class Listener:
         address: Address | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.transport = transport
         self.timeout = float(timeout)
+        self.tls = tls
         sock = _new_socket(transport)
         try:
             if transport == "tcp":
@@ -692,6 +721,10 @@ class Listener:
                 f"nobody connected to {self.transport} {self.address} within "
                 f"{self.timeout:g} s while waiting for {waiting_for}"
             ) from None
+        if self.tls is not None:
+            conn = handshake(
+                conn, self.tls, server_side=True, timeout=self.timeout, peer=peer_name(conn)
+            )
         return SocketChannel(conn, self.timeout)
 
     def poll(self, wait: float = 0.0) -> SocketChannel | None:
@@ -723,9 +756,17 @@ class Listener:
 
 
 def connect(
-    transport: str, address: Address, *, timeout: float = DEFAULT_TIMEOUT
+    transport: str,
+    address: Address,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
+    hostname: str | None = None,
 ) -> SocketChannel:
     """Connect to a :class:`Listener` and return the channel.
+
+    With ``tls`` (a client context), the channel's TLS handshake is run
+    first, checking the server's certificate against ``hostname``.
 
     Raises
     ------
@@ -749,6 +790,15 @@ def connect(
     except BaseException:
         sock.close()
         raise
+    if tls is not None:
+        sock = handshake(
+            sock,
+            tls,
+            server_side=False,
+            timeout=timeout,
+            hostname=hostname,
+            peer=peer_name(sock),
+        )
     return SocketChannel(sock, timeout)
 
 

@@ -9,6 +9,7 @@ import os
 import queue
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +30,13 @@ from .. import (
 from ..errors import MigrationAbortedError, SnapshotError, StreamError, StreamSizeError
 from ..migration._failure import POLL, Failure
 from ..migration.process import fresh_memory
-from ..migration.transport import DEFAULT_MIN_PROGRESS_BYTES, ProgressDeadline, SocketChannel
+from ..migration.tls import TLSConfig, handshake
+from ..migration.transport import (
+    DEFAULT_MIN_PROGRESS_BYTES,
+    ProgressDeadline,
+    SocketChannel,
+    peer_name,
+)
 from ..wire import (
     HandshakeError,
     decode_init,
@@ -83,9 +90,13 @@ class _Destination:
         timeout: float,
         progress: Progress | None,
         deadline: ProgressDeadline,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.listener = listener
         self.deadline = deadline
+        self.tls = tls
+        self.have_main = False
+        self.multifd_seen = 0
         self.channels = channels
         self.timeout = timeout
         self.progress = progress
@@ -125,12 +136,11 @@ class _Destination:
 
     def _accept_all(self) -> None:
         try:
-            wanted_multifd = self.channels
-            have_main = False
-            # After the expected channels, keep accepting: any further connection is an error.
+            expected = self.channels + 1
+            accepted = 0
+            # After the expected connections, keep accepting: any further one is an error.
             while True:
                 self.listener.settimeout(POLL)
-                complete = have_main and not wanted_multifd
                 deadline = time.monotonic() + self.timeout
                 while True:
                     try:
@@ -139,39 +149,67 @@ class _Destination:
                     except TimeoutError:
                         if self.failure.event.is_set() or self.finished.is_set():
                             return
-                        if not complete and time.monotonic() > deadline:
-                            missing = [] if have_main else ["the main channel"]
-                            if wanted_multifd:
-                                missing.append(f"{wanted_multifd} multifd channels")
+                        if accepted < expected and time.monotonic() > deadline:
                             raise TimeoutError(
                                 f"nobody connected to {self.uri} within {self.timeout:g} s "
-                                f"(still missing: {' and '.join(missing)})"
+                                f"({accepted} of the {expected} connections arrived)"
                             ) from None
                 if self.first_contact is None:
                     self.first_contact = time.monotonic()
                     self.deadline.restart()
-                conn = self._wrap(sock)
-                with self.conns_lock:
-                    self.conns.append(conn)
-                magic = conn.peek(4, what="its magic (main or multifd channel?)")
+                if accepted == expected:
+                    conn = self._wrap(sock)
+                    with self.conns_lock:
+                        self.conns.append(conn)
+                    raise self._extra(conn)
+                accepted += 1
+                # Each connection on its own thread from here: its TLS handshake and its
+                # first bytes must not hold up the others (a source may connect them all
+                # before it writes to any).
+                thread = threading.Thread(
+                    target=self._connection_thread,
+                    args=(sock,),
+                    daemon=True,
+                    name="snapshot-conn",
+                )
+                self.threads.append(thread)
+                thread.start()
+        except BaseException as exc:
+            self.failure.fail(exc)
+
+    def _connection_thread(self, sock: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                sock = handshake(
+                    sock,
+                    self.tls,
+                    server_side=True,
+                    timeout=self.timeout,
+                    peer=peer_name(sock),
+                )
+            conn = self._wrap(sock)
+            with self.conns_lock:
+                self.conns.append(conn)
+            if self.failure.event.is_set():
+                conn.close()
+                return
+            magic = conn.peek(4, what="its magic (main or multifd channel?)")
+            with self.id_lock:
                 if magic == b"QEVM":
-                    if have_main:
+                    if self.have_main:
                         raise HandshakeError(f"a second main channel, from {conn.label}")
-                    have_main = True
-                    conn.label = f"main channel ({conn.label})"
-                    self.main_queue.put(conn)
+                    self.have_main = True
+                elif self.multifd_seen == self.channels:
+                    raise self._extra(conn)
                 else:
-                    if not wanted_multifd:
-                        raise self._extra(conn)
-                    wanted_multifd -= 1
-                    thread = threading.Thread(
-                        target=self._channel_thread,
-                        args=(conn,),
-                        daemon=True,
-                        name="snapshot-recv",
-                    )
-                    self.threads.append(thread)
-                    thread.start()
+                    self.multifd_seen += 1
+            if magic == b"QEVM":
+                conn.label = f"main channel ({conn.label})"
+                self.main_queue.put(conn)
+                return
+            self._channel(conn)
+        except MigrationAbortedError:
+            pass
         except BaseException as exc:
             self.failure.fail(exc)
 
@@ -208,14 +246,6 @@ class _Destination:
         raise self._extra(conn)
 
     # -- multifd channels
-
-    def _channel_thread(self, conn: SocketChannel) -> None:
-        try:
-            self._channel(conn)
-        except MigrationAbortedError:
-            pass
-        except BaseException as exc:
-            self.failure.fail(exc)
 
     def _channel(self, conn: SocketChannel) -> None:
         init = bytearray(64)
@@ -420,6 +450,13 @@ class SnapshotSaver:
         every ``progress_seconds`` (default: ``timeout``), or
         :class:`~multifd_zero.errors.NoProgressError`.
     progress_seconds : float, optional
+    tls : TLSConfig, optional
+        TLS on every channel, as a QEMU destination with ``tls-creds``
+        (``endpoint=server``): ``server-cert.pem``/``server-key.pem`` from
+        ``tls.creds_dir``, and with ``verify_peer`` (the default) a client
+        certificate signed by ``ca-cert.pem`` required. A connection whose
+        handshake fails (a plain one included) fails the save before any of
+        its bytes is used.
 
     Attributes
     ----------
@@ -443,8 +480,12 @@ class SnapshotSaver:
         progress: Progress | None = None,
         min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES,
         progress_seconds: float | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         check_channels(channels)
+        if tls is not None and not isinstance(tls, TLSConfig):
+            raise TypeError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        self._tls = None if tls is None else tls.server_context()
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         ProgressDeadline(progress_seconds or timeout, min_bytes=min_progress_bytes)  # checks
@@ -483,7 +524,9 @@ class SnapshotSaver:
             self.timeout if self.progress_seconds is None else self.progress_seconds,
             min_bytes=self.min_progress_bytes,
         )
-        dest = _Destination(self._sock, self.channels, self.timeout, self.progress, deadline)
+        dest = _Destination(
+            self._sock, self.channels, self.timeout, self.progress, deadline, self._tls
+        )
         dest.uri = self.uri
         info, counts = dest.run()
         if dest.first_contact is not None:
@@ -528,12 +571,15 @@ def save(
     *,
     timeout: float = 60.0,
     progress: Progress | None = None,
+    tls: TLSConfig | None = None,
 ) -> SaveResult:
     """Listen, receive one migration and write the snapshot (see :class:`SnapshotSaver`).
 
     Only useful with a fixed address (the caller must know where to migrate).
     """
-    with SnapshotSaver(directory, listen, channels, timeout=timeout, progress=progress) as saver:
+    with SnapshotSaver(
+        directory, listen, channels, timeout=timeout, progress=progress, tls=tls
+    ) as saver:
         return saver.wait()
 
 
