@@ -628,6 +628,11 @@ class SocketChannel(Channel):
                 self._sock.unwrap()
         with contextlib.suppress(OSError):
             socket.socket.shutdown(self._sock, socket.SHUT_WR)
+        # Anything the peer sent that was never read (a TLS server's session tickets)
+        # would turn the close into a reset, which can drop the end of what we sent.
+        with contextlib.suppress(OSError):
+            while socket.socket.recv(self._sock, 65536, socket.MSG_DONTWAIT):
+                pass
 
     @property
     def closed(self) -> bool:
