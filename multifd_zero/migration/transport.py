@@ -94,8 +94,8 @@ class ProgressDeadline:
     ----------
     seconds : float
         The window; positive.
-    min_bytes : int, default DEFAULT_MIN_PROGRESS_BYTES (4096)
-        Bytes needed per window (0 turns the rule off).
+    min_bytes : int, default 4096
+        Bytes needed per window (:data:`DEFAULT_MIN_PROGRESS_BYTES`; 0 turns the rule off).
     clock : callable, optional
         Monotonic seconds (``time.monotonic``); tests may inject their own.
 
