@@ -61,6 +61,10 @@ ZERO_ALWAYS = _ALWAYS
 ZERO_IF_NONZERO = _IF_NONZERO
 ZERO_IF_RECEIVED_OR_NONZERO = _IF_RECEIVED_OR_NONZERO
 
+# Rows of no offsets partition_batches accepts: its answer (8 bytes a row) stays
+# small when the input holds nothing.
+_MAX_EMPTY_ROWS = 1 << 16
+
 
 # ----------------------------------------------------------------- validation
 
@@ -506,8 +510,8 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
     host : buffer
         The RAM block's memory, C-contiguous; read-only is fine.
     offsets : numpy.ndarray
-        Writable, C-contiguous 2-D ``uint64`` array, one batch per row, each
-        of at least one offset (no rows at all is fine); every offset
+        Writable, C-contiguous 2-D ``uint64`` array, one batch per row (rows
+        of no offsets: at most 65,536 of them); every offset
         page-aligned with its page inside ``host``. Each row is reordered in
         place exactly as :func:`partition_zero_pages` would.
     page_size : int, default 4096
@@ -543,11 +547,12 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
         ov = _acquire(&c, offsets, _U64_2D | _WRITE, name)
         rows = ov.shape[0]
         cols = ov.shape[1]
-        if cols == 0 and rows > 0:
+        if cols == 0 and rows > _MAX_EMPTY_ROWS:
             # The answer is one int64 per row: rows of nothing would make it
             # any size from an empty input (10**8 rows, 800 MB).
             raise ValueError(
-                f"{name} has {rows} rows of no offsets: each row is a batch of at least one page"
+                f"{name} has {rows} rows of no offsets (at most {_MAX_EMPTY_ROWS} are "
+                "accepted): a row is a batch of pages"
             )
         work = _copy_offsets(&c, ov, hv.len, ps, name)
         zero = _page_flags(&c, cols)

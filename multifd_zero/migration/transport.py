@@ -630,8 +630,9 @@ class SocketChannel(Channel):
             socket.socket.shutdown(self._sock, socket.SHUT_WR)
         # Anything the peer sent that was never read (a TLS server's session tickets)
         # would turn the close into a reset, which can drop the end of what we sent.
+        self._set_timeout(0.0)  # with a timeout, recv would first wait for data
         with contextlib.suppress(OSError):
-            while socket.socket.recv(self._sock, 65536, socket.MSG_DONTWAIT):
+            while socket.socket.recv(self._sock, 65536):
                 pass
 
     @property
