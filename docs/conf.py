@@ -93,6 +93,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"(collections\.abc\.)?Callable"),
     (r"py:class", r"(typing\.)?Any"),
     (r"py:class", r"mmap(\.mmap)?"),
+    (r"py:class", r"ssl\.SSL(Context|Socket)"),
     (r"py:class", r"(multifd_zero\.)?(_offsets\.)?OffsetArray"),
     (r"py:class", r"(multifd_zero\.)?(ramblock\.)?ReleaseCallback"),
     # numpydoc type phrases napoleon splits into words.

@@ -12,10 +12,14 @@ Targets, chosen by the first byte of each input:
 - ``savevm.StreamReader``: QEMU 10's main stream (file header,
   configuration, sections with their headers and footers, MEM_SIZE, zero and
   page records, flags, commands, the device-state tail), read in chunks
-  whose sizes come from the input too, or whole with ``savevm.read_stream``.
+  whose sizes come from the input too, or whole with ``savevm.read_stream``;
+- ``snapshot.load_manifest``: a snapshot's ``manifest.json`` (the input's
+  bytes), in a folder holding a valid block image and device state, so the
+  fuzzer reaches past the file checks.
 
 A decoder may return or raise :class:`multifd_zero.wire.PacketError` (a
-``ValueError``); any other exception, or a returned packet that breaks the
+``ValueError``; :class:`multifd_zero.errors.SnapshotError` for the
+manifest); any other exception, or a returned packet that breaks the
 decoder's own promises (counts within ``pages_alloc`` and ``page_count``,
 ``next_packet_size == normal_pages * page_size``, a known block, every offset
 page-aligned and inside it; for the stream, pages inside a block of its own
@@ -26,6 +30,16 @@ Run it::
 
     pip install atheris
     python fuzz/fuzz_decoder.py -max_total_time=30 [CORPUS_DIR]
+
+A long run (the release check)::
+
+    python fuzz/fuzz_decoder.py -max_total_time=600 -rss_limit_mb=4096 -timeout=20 CORPUS_DIR
+
+``-rss_limit_mb=4096``: libFuzzer's default limit (2048 MB) stops a long run on
+the growth of the coverage instrumentation itself (atheris's counters and the
+corpus, not a leak of the decoders: peak RSS is flat over 10**5 calls), and
+``-malloc_limit_mb`` (default: the RSS limit) still catches a single
+allocation a hostile size would make.
 
 (``-atheris_runs=N`` stops after N inputs instead.) A seed corpus of valid
 packets, handshakes and streams is generated into the first corpus directory
@@ -49,9 +63,13 @@ except ImportError:  # pragma: no cover - the script needs atheris; the seeds do
 if atheris is not None:
     with atheris.instrument_imports(include=["multifd_zero"]):
         from multifd_zero import wire
+        from multifd_zero.errors import SnapshotError
+        from multifd_zero.snapshot import manifest as snapshot_manifest
         from multifd_zero.wire import savevm
 else:  # pragma: no cover
     from multifd_zero import wire
+    from multifd_zero.errors import SnapshotError
+    from multifd_zero.snapshot import manifest as snapshot_manifest
     from multifd_zero.wire import savevm
 
 SETUPS = [  # (page_count, page_size, blocks)
@@ -124,11 +142,79 @@ def read_main_stream(raw: bytes, chunks: list[int], page_size: int, magic_read: 
     return count
 
 
+class _SnapshotFolder:
+    """A folder with one block image and a device state; the manifest is the input."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import tempfile
+
+        self.root = tempfile.mkdtemp(prefix="fuzz-manifest-")
+        # libFuzzer ends the process with C's exit(), past Python's atexit: a
+        # watcher removes the folder when this process's end closes its stdin.
+        self._watcher = subprocess.Popen(
+            [sys.executable, "-c", "import shutil, sys; sys.stdin.buffer.read(); "
+             "shutil.rmtree(sys.argv[1], ignore_errors=True)", self.root],
+            stdin=subprocess.PIPE,
+        )
+        w = savevm.StreamWriter()
+        self.tail = (
+            w.section_start(0, "timer", 0, 2, kind=savevm.QEMU_VM_SECTION_FULL)
+            + bytes(24) + w.footer(0) + w.eof() + w.vmdescription(VMDESC)
+        )
+        self.image = snapshot_manifest.block_file_name(0, "pc.ram")
+        with open(os.path.join(self.root, self.image), "wb") as f:
+            f.truncate(4 * 4096)
+        with open(os.path.join(self.root, "device-state.bin"), "wb") as f:
+            f.write(self.tail)
+        self.path = os.path.join(self.root, snapshot_manifest.MANIFEST)
+
+    def valid(self) -> bytes:
+        import hashlib
+        import json
+
+        manifest = snapshot_manifest.Manifest(
+            format=snapshot_manifest.FORMAT, version=snapshot_manifest.FORMAT_VERSION,
+            machine_type="pc-i440fx-10.0",
+            configuration=savevm.StreamWriter.configuration("pc-i440fx-10.0"),
+            page_size=4096,
+            blocks=(snapshot_manifest.BlockInfo("pc.ram", 4 * 4096, self.image, 1),),
+            ram_section_id=3, ram_instance_id=0, ram_version_id=4,
+            device_state_file="device-state.bin", device_state_length=len(self.tail),
+            device_state_sha256=hashlib.sha256(self.tail).hexdigest(),
+            commands=("SWITCHOVER_START",), normal=1, duplicate=3, channels=2,
+            uuid=bytes(16), complete=True,
+        )
+        return json.dumps(snapshot_manifest.manifest_dict(manifest)).encode()
+
+    def load(self, text: bytes) -> snapshot_manifest.Manifest:
+        with open(self.path, "wb") as f:
+            f.write(text)
+        return snapshot_manifest.load_manifest(self.root)
+
+
+_FOLDER: _SnapshotFolder | None = None
+
+
+def _folder() -> _SnapshotFolder:
+    global _FOLDER
+    if _FOLDER is None:
+        _FOLDER = _SnapshotFolder()
+    return _FOLDER
+
+
 def one_input(data: bytes) -> None:
     """Decode ``data`` with the decoder its first byte selects."""
     if len(data) < 2:
         return
-    which, setup, body = data[0] % 4, data[1], data[2:]
+    which, setup, body = data[0] % 5, data[1], data[2:]
+    if which == 4:
+        try:
+            manifest = _folder().load(body)
+        except SnapshotError:
+            return
+        assert manifest.blocks and manifest.page_size == 4096, manifest
+        return
     try:
         if which == 0:
             page_count, page_size, blocks = SETUPS[setup % len(SETUPS)]
@@ -188,6 +274,7 @@ def seeds() -> list[bytes]:
         out.append(bytes([3, k]) + bytes([7, 64, 1]) + stream)
         out.append(bytes([3, k | 4]) + bytes([64, 64, 64]) + stream[4:])
         out.append(bytes([3, k | 8]) + bytes([1, 1, 1]) + stream)
+    out.append(bytes([4, 0]) + _folder().valid())
     return out
 
 

@@ -32,6 +32,7 @@ MAX_PAGE_SIZE: Final = 2097152
 ZERO_IF_RECEIVED: Final = 0
 ZERO_ALWAYS: Final = 1
 ZERO_IF_NONZERO: Final = 2
+ZERO_IF_RECEIVED_OR_NONZERO: Final = 3
 
 def check_page_size(page_size: SupportsIndex) -> int: ...
 def check_offsets(

@@ -56,10 +56,16 @@ cdef enum:
     _IF_RECEIVED = 0   # multifd precopy: a page seen before is zeroed, a new one is not touched
     _ALWAYS = 1        # postcopy-ram: every zero page is written (QEMU 10.1)
     _IF_NONZERO = 2    # legacy stream (ram_handle_zero): read first, write only if not zero
+    _IF_RECEIVED_OR_NONZERO = 3  # multifd precopy into memory not known to be zero
 
 ZERO_IF_RECEIVED = _IF_RECEIVED
 ZERO_ALWAYS = _ALWAYS
 ZERO_IF_NONZERO = _IF_NONZERO
+ZERO_IF_RECEIVED_OR_NONZERO = _IF_RECEIVED_OR_NONZERO
+
+# Rows of no offsets partition_batches accepts: its answer (8 bytes a row) stays
+# small when the input holds nothing.
+_MAX_EMPTY_ROWS = 1 << 16
 
 
 # ----------------------------------------------------------------- validation
@@ -657,9 +663,10 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
     host : buffer
         The RAM block's memory, C-contiguous; read-only is fine.
     offsets : numpy.ndarray
-        Writable, C-contiguous 2-D ``uint64`` array, one batch per row; every
-        offset page-aligned with its page inside ``host``. Each row is
-        reordered in place exactly as :func:`partition_zero_pages` would.
+        Writable, C-contiguous 2-D ``uint64`` array, one batch per row (rows
+        of no offsets: at most 65,536 of them); every offset
+        page-aligned with its page inside ``host``. Each row is reordered in
+        place exactly as :func:`partition_zero_pages` would.
     page_size : int, default 4096
     name : str, default "offsets"
         The argument\'s name in error messages.
@@ -693,6 +700,13 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
         work = _take_offsets(&c, offsets, _U64_2D | _WRITE, name, hv.len, ps)
         rows = c.rows
         cols = c.cols
+        if cols == 0 and rows > _MAX_EMPTY_ROWS:
+            # The answer is one int64 per row: rows of nothing would make it
+            # any size from an empty input (10**8 rows, 800 MB).
+            raise ValueError(
+                f"{name} has {rows} rows of no offsets (at most {_MAX_EMPTY_ROWS} are "
+                "accepted): a row is a batch of pages"
+            )
         zero = _page_flags(&c, cols)
         normals = np.empty(rows, dtype=np.int64)
         out = <int64_t *>_array_data(normals)
@@ -810,8 +824,11 @@ def recv_zero_pages(
     name : str, default "offsets"
         The argument\'s name in error messages.
     mode : int
-        ``ZERO_IF_RECEIVED`` (multifd precopy), ``ZERO_ALWAYS`` (postcopy-ram)
-        or ``ZERO_IF_NONZERO`` (the legacy stream's ``ram_handle_zero``).
+        ``ZERO_IF_RECEIVED`` (multifd precopy into fresh memory),
+        ``ZERO_ALWAYS`` (postcopy-ram), ``ZERO_IF_NONZERO`` (the legacy
+        stream's ``ram_handle_zero``) or ``ZERO_IF_RECEIVED_OR_NONZERO``
+        (multifd precopy into memory not known to be zero: a page received
+        before is zeroed, a new one is read and zeroed only if not zero).
 
     Returns
     -------
@@ -832,8 +849,11 @@ def recv_zero_pages(
     cdef uint8_t *base
     cdef uint64_t *words
     mode = _as_int(mode, "mode")
-    if mode not in (ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO):
-        raise ValueError(f"mode must be ZERO_IF_RECEIVED, ZERO_ALWAYS or ZERO_IF_NONZERO, got {mode}")
+    if mode not in (ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO, ZERO_IF_RECEIVED_OR_NONZERO):
+        raise ValueError(
+            "mode must be ZERO_IF_RECEIVED, ZERO_ALWAYS, ZERO_IF_NONZERO or "
+            f"ZERO_IF_RECEIVED_OR_NONZERO, got {mode}"
+        )
     how = mode
     shift = _page_shift(ps)
     _begin(&c)
@@ -849,7 +869,7 @@ def recv_zero_pages(
             for k in range(n):
                 bit = work[k] >> shift
                 received = mfz_bit_test(words, bit)
-                if how == _IF_NONZERO:
+                if how == _IF_NONZERO or (how == _IF_RECEIVED_OR_NONZERO and not received):
                     if not mfz_is_zero(path, base + work[k], ps):
                         memset(base + work[k], 0, ps)
                         written += 1

@@ -23,6 +23,7 @@ __all__ = [
     "MagicError",
     "MigrationAbortedError",
     "MigrationError",
+    "NoProgressError",
     "OffsetError",
     "PacketError",
     "ReservedError",
@@ -37,6 +38,7 @@ __all__ = [
     "StreamSizeError",
     "StreamTruncatedError",
     "StreamVersionError",
+    "TLSError",
     "TruncatedError",
     "UnsupportedStreamError",
     "UriError",
@@ -90,6 +92,13 @@ class TruncatedError(PacketError):
 
 class HandshakeError(PacketError):
     """A channel handshake for another migration, or a bad or repeated channel id."""
+
+
+class TLSError(HandshakeError):
+    """A connection's TLS handshake failed: not TLS at all, or a certificate not trusted.
+
+    Raised before any byte of the connection is used as migration data.
+    """
 
 
 class StreamError(PacketError):
@@ -166,3 +175,13 @@ class MigrationError(RuntimeError):
 
 class MigrationAbortedError(RuntimeError):
     """This thread stopped because another part of the migration failed first."""
+
+
+class NoProgressError(TimeoutError):
+    """A peer that keeps a connection alive without moving the migration on.
+
+    Raised when a side received fewer than the minimum bytes within the
+    no-progress window (:class:`multifd_zero.migration.transport.ProgressDeadline`),
+    however often single bytes arrive. A ``TimeoutError``, so code that
+    handles timeouts handles it too.
+    """

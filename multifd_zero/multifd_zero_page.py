@@ -112,7 +112,10 @@ def recv_zero_page_process(
 
     So in precopy a zero page arriving for the first time is neither read nor
     written: fresh destination memory is assumed zero and stays untouched
-    (unpopulated, for anonymous memory). A page received before (it changed on
+    (unpopulated, for anonymous memory). That holds only for a block whose
+    memory is known to be zero (``block.fresh``); for any other, such a page
+    is read and zeroed only if it is not zero (the ``buffer_is_zero`` check
+    of ``ram_handle_zero``), so old data never survives. A page received before (it changed on
     the source since) is zeroed. With postcopy-ram every zero page is written,
     so that no page is marked received without being populated (QEMU 10.1,
     commit 249543d0c0: otherwise a postcopy fault on it is never served).
@@ -138,7 +141,12 @@ def recv_zero_page_process(
     """
     check_type("options", options, MigrationOptions)
     offs = destination_offsets(block, zero_offsets, "zero_offsets")
-    mode = _kernels.ZERO_ALWAYS if options.postcopy_ram else _kernels.ZERO_IF_RECEIVED
+    if options.postcopy_ram:
+        mode = _kernels.ZERO_ALWAYS
+    elif block.fresh:
+        mode = _kernels.ZERO_IF_RECEIVED
+    else:
+        mode = _kernels.ZERO_IF_RECEIVED_OR_NONZERO
     return int(
         _kernels.recv_zero_pages(
             block.host, block.receivedmap.bitmap, offs, block.page_size, mode, "zero_offsets"

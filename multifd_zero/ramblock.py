@@ -142,6 +142,15 @@ class RAMBlock:
         in postcopy), in the order QEMU releases them. Without it an ``mmap``
         host has those pages discarded (see :meth:`release_pages`); any other
         host is left alone.
+    fresh : bool, default False
+        True when every page not yet received is known to be zero: new
+        anonymous memory, a new sparse file (:meth:`anonymous` makes such a
+        block). Then, as QEMU assumes of its destination RAM, a zero page
+        arriving for the first time in multifd precopy is neither read nor
+        written, so untouched memory stays unpopulated. False, for any buffer
+        given, makes such a page be read and zeroed only if it is not zero
+        already (the ``buffer_is_zero`` check of QEMU's ``ram_handle_zero``),
+        so a destination holding old data ends equal to the source.
 
     Raises
     ------
@@ -153,8 +162,10 @@ class RAMBlock:
     Examples
     --------
     >>> block = RAMBlock("pc.ram", bytearray(16 * 4096))
-    >>> block.num_pages, block.used_length, len(block.receivedmap)
-    (16, 65536, 16)
+    >>> block.num_pages, block.used_length, len(block.receivedmap), block.fresh
+    (16, 65536, 16, False)
+    >>> RAMBlock.anonymous("pc.ram", 16 * 4096).fresh
+    True
     """
 
     def __init__(
@@ -163,7 +174,11 @@ class RAMBlock:
         host: Any,
         page_size: int = 4096,
         on_release: ReleaseCallback | None = None,
+        *,
+        fresh: bool = False,
     ) -> None:
+        if not isinstance(fresh, bool):
+            raise TypeError(f"fresh must be a bool, not {type(fresh).__name__}")
         if not isinstance(idstr, str):
             raise TypeError(f"idstr must be a str, not {type(idstr).__name__}")
         encoded = idstr.encode("utf-8")
@@ -195,7 +210,24 @@ class RAMBlock:
         self._used_length = used_length
         self._readonly = readonly
         self._on_release = on_release
+        self._fresh = fresh
         self._receivedmap = ReceivedMap(used_length // self._page_size, self._page_size)
+
+    @classmethod
+    def anonymous(cls, idstr: str, size: int, page_size: int = 4096) -> RAMBlock:
+        """A block on new private anonymous memory (``fresh``), as QEMU allocates guest RAM.
+
+        Reading an untouched page maps the kernel's shared zero page; only a
+        write allocates one.
+        """
+        size = check_int("size", size, 1)
+        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return cls(idstr, memory, page_size, fresh=True)
+
+    @property
+    def fresh(self) -> bool:
+        """True if the pages not yet received are known to be zero (see the class)."""
+        return self._fresh
 
     @property
     def idstr(self) -> str:
@@ -238,11 +270,27 @@ class RAMBlock:
         return self._on_release
 
     def page(self, offset: int) -> memoryview:
-        """Return a read-only view of the page at byte ``offset``."""
+        """Return a read-only view of the page at byte ``offset``.
+
+        Raises
+        ------
+        ValueError
+            A bad offset, or a host that no longer holds ``used_length``
+            bytes (a closed mmap, a bytearray that shrank).
+        """
         offs = as_offsets([offset], "offset")
         check_offsets(offs, self._used_length, self._page_size, "offset")
         start = int(offs[0])
-        return memoryview(self._host).cast("B")[start : start + self._page_size].toreadonly()
+        try:
+            view = memoryview(self._host).cast("B")
+        except ValueError as exc:  # a closed mmap
+            raise ValueError(f"RAMBlock {self._idstr!r}: its host is gone ({exc})") from None
+        if view.nbytes != self._used_length:
+            raise ValueError(
+                f"RAMBlock {self._idstr!r}: its host now holds {view.nbytes} bytes, not the "
+                f"block's {self._used_length}"
+            )
+        return view[start : start + self._page_size].toreadonly()
 
     def check_writable(self) -> None:
         """Raise ``ValueError`` if the host is read-only."""
@@ -282,5 +330,5 @@ class RAMBlock:
     def __repr__(self) -> str:
         return (
             f"RAMBlock({self._idstr!r}, {type(self._host).__name__} of {self._used_length} "
-            f"bytes, page_size={self._page_size})"
+            f"bytes, page_size={self._page_size}{', fresh' if self._fresh else ''})"
         )

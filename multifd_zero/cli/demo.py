@@ -102,7 +102,7 @@ def run_demo(
     ram = make_guest_ram(size, page_size=page_size, zero_ratio=zero_ratio, seed=seed)
     src = RAMBlock("pc.ram", ram, page_size)
     with mmap.mmap(-1, size) as dst_mem:
-        dst = RAMBlock("pc.ram", dst_mem, page_size)
+        dst = RAMBlock("pc.ram", dst_mem, page_size, fresh=True)
         result = migrate(
             src,
             dst,

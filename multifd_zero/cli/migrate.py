@@ -34,6 +34,7 @@ from ._argtypes import MIB, add_migration_options, migration_options, seconds, v
 from ._argtypes import page_size as _page_size
 from ._argtypes import positive as _positive
 from ._argtypes import ratio as _ratio
+from ._tls import add_tls_options, tls_config
 
 __all__ = ["register", "run"]
 
@@ -76,6 +77,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     mig.add_argument(
         "--timeout", type=seconds, default=60.0, help="seconds without progress before giving up"
     )
+    add_tls_options(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         memory, ram = _load_source(args)
+        tls = tls_config(args, unix=args.transport == "unix")
     except (OSError, ValueError) as exc:
         print(f"multifd-zero migrate: error: {exc}", file=sys.stderr)
         return 2
@@ -179,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             timeout=args.timeout,
             checksum=True,
+            tls=tls,
         )
     except (PacketError, MigrationError, OSError) as exc:
         print(

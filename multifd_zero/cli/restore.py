@@ -8,6 +8,7 @@ from typing import Any
 
 from ..snapshot import RestoreResult, load_manifest, parse_uri, restore
 from ._qemu import Bar, Qmp, add_peer_options, error_line, format_bytes, print_json
+from ._tls import add_tls_options, tls_config
 
 __all__ = ["register", "run"]
 
@@ -43,6 +44,7 @@ def register(subparsers: Any) -> None:
         metavar="HEX",
         help="the destination's -uuid as 32 hex digits (default all zero)",
     )
+    add_tls_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         uuid = bytes.fromhex(args.uuid)
         if len(uuid) != 16:
             raise ValueError("--uuid must be 32 hex digits")
-        parse_uri(args.connect)
+        kind, _ = parse_uri(args.connect)
+        tls = tls_config(args, unix=kind == "unix")  # checked before touching QEMU
         manifest = load_manifest(args.directory)  # before touching QEMU
         qemu: dict[str, Any] | None = None
         if args.qmp:
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             uuid=uuid,
             timeout=args.timeout,
             progress=bar.callback,
+            tls=tls,
         )
         if qmp is not None:
             qemu = qmp.wait_migration()

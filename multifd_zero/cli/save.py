@@ -9,6 +9,7 @@ from typing import Any
 
 from ..snapshot import SaveResult, SnapshotSaver
 from ._qemu import Bar, Qmp, add_peer_options, error_line, format_bytes, print_json
+from ._tls import add_tls_options, tls_config
 
 __all__ = ["register", "run"]
 
@@ -32,6 +33,7 @@ def register(subparsers: Any) -> None:
         help="tcp:HOST:PORT or unix:PATH (default tcp:127.0.0.1:0, a free port)",
     )
     add_peer_options(parser, "source", "set it up and start the migration")
+    add_tls_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             args.channels,
             timeout=args.timeout,
             progress=bar.callback,
+            tls=tls_config(args),
         ) as saver:
             qemu: dict[str, Any] | None = None
             if args.qmp:

@@ -31,6 +31,16 @@ As in QEMU (``multifd_recv_thread``, ``multifd_nocomp_recv``, ``ram_load``):
   the device state (``QEMU_VM_EOF`` and the VM description), read to the
   end of the main channel.
 
+Channels are bound to the one migration: exactly ``channels + 1``
+connections are taken, each channel id once; any further connection while
+the migration runs (a second claim to a channel id, an intruder that
+connected first and took a real channel's place, one connection too many)
+fails the migration on the destination with a
+:class:`~multifd_zero.errors.HandshakeError` naming its peer, checked once
+more before the destination reports completion. The channels share a
+:class:`~multifd_zero.migration.transport.ProgressDeadline`: a peer that
+trickles ends with :class:`~multifd_zero.errors.NoProgressError`.
+
 Any error closes every channel of the destination and is raised by
 :meth:`MigrationDestination.run`.
 """
@@ -43,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from ..errors import StreamBlockError, StreamSectionError
+from ..errors import NoProgressError, StreamBlockError, StreamSectionError
 from ..multifd_zero_page import recv_normal_pages, recv_zero_page_process
 from ..options import MigrationOptions
 from ..ram import recv_legacy_zero_pages
@@ -73,7 +83,10 @@ from ..wire.savevm import (
     ZeroPages,
 )
 from ._failure import POLL, Failure
-from .transport import Channel
+from .transport import DEFAULT_MIN_PROGRESS_BYTES, Channel, ProgressDeadline
+
+Extra = Callable[[float], "Channel | None"]
+"""``extra(wait)``: a connection beyond the expected ones, if one is waiting (within ``wait``)."""
 
 __all__ = ["DestinationReport", "MigrationDestination"]
 
@@ -173,7 +186,9 @@ class _Receiver:
             report.sync_packets += 1
             self.synced.release()
             owner.failure.wait(
-                self.release, owner.timeout, f"the main thread to release channel {self.index}"
+                self.release,
+                owner.timeout,
+                f"the main channel's MULTIFD_FLUSH to release {self.channel.label}",
             )
         return True
 
@@ -197,6 +212,11 @@ class MigrationDestination:
         refused. None accepts any uuid, as long as every channel has the same.
     timeout : float
         Seconds any single wait may last.
+    min_progress_bytes : int, default 4096
+        The no-progress rule: at least this many bytes over all channels...
+    progress_seconds : float, optional
+        ...every this many seconds (default: ``timeout``); else
+        :class:`~multifd_zero.errors.NoProgressError`.
     """
 
     def __init__(
@@ -208,6 +228,8 @@ class MigrationDestination:
         page_count: int,
         uuid: bytes | None,
         timeout: float,
+        min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES,
+        progress_seconds: float | None = None,
     ) -> None:
         if not blocks:
             raise ValueError("at least one RAM block is needed")
@@ -232,7 +254,12 @@ class MigrationDestination:
         self.failure = Failure()
         self.report = DestinationReport()
         self.progress_at = time.monotonic()
+        self.progress = ProgressDeadline(
+            timeout if progress_seconds is None else progress_seconds,
+            min_bytes=min_progress_bytes,
+        )
         self._receivers: list[_Receiver] = []
+        self._done = threading.Event()
 
     def keep_waiting(self) -> bool:
         """Whether an idle channel should wait on: the migration moved within ``timeout``.
@@ -250,30 +277,66 @@ class MigrationDestination:
     def _classify(self, accept: Callable[[], Channel]) -> tuple[Channel, dict[int, Channel]]:
         main: Channel | None = None
         multifd: dict[int, Channel] = {}
-        for _ in range(self.channels + 1):  # exactly channels + 1 connections
-            channel = accept()
+        accepted: list[Channel] = []
+        # Every connection first, then their first bytes: a source may connect all its
+        # channels (each with its TLS handshake) before it writes to any.
+        for k in range(self.channels + 1):  # exactly channels + 1 connections
+            try:
+                channel = accept()
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"{exc} ({k} of the {self.channels + 1} connections arrived)"
+                ) from None
             self.failure.add_channel(channel)
+            channel.progress = self.progress
+            accepted.append(channel)
+        for channel in accepted:
+            peer = channel.label
             head = bytearray(HANDSHAKE_SIZE)
             view = memoryview(head)
-            channel.recv_exact(view[:4], what="a connection's magic")
+            channel.recv_exact(view[:4], what="its magic (main or multifd channel?)")
             (magic,) = struct.unpack(">I", head[:4])
             if magic == QEMU_VM_FILE_MAGIC:
                 if main is not None:
-                    raise HandshakeError("a second main channel")
+                    raise HandshakeError(f"a second main channel, from {peer}")
                 main = channel
+                channel.label = f"main channel ({peer})"
             elif magic == MULTIFD_MAGIC:
-                channel.recv_exact(view[4:], what="a channel handshake")
+                channel.recv_exact(view[4:], what="its multifd handshake")
                 init = decode_init(head, uuid=self.uuid, channels=self.channels)
                 if self.uuid is None:
                     self.uuid = init.uuid
                 if init.id in multifd:
-                    raise HandshakeError(f"channel id {init.id} connected twice")
+                    raise HandshakeError(
+                        f"channel id {init.id} claimed twice: by {multifd[init.id].label}, "
+                        f"then by {peer}"
+                    )
                 multifd[init.id] = channel
+                channel.label = f"multifd channel {init.id} ({peer})"
             else:
-                raise MagicError(f"a connection starting with unknown magic {magic:#010x}")
+                raise MagicError(f"{peer}: a connection starting with unknown magic {magic:#010x}")
         if main is None:
             raise HandshakeError("no main channel among the connections")
         return main, multifd
+
+    def _refuse_extra(self, channel: Channel) -> None:
+        self.failure.add_channel(channel)
+        channel.close()
+        raise HandshakeError(
+            f"a connection from {channel.label} beyond the main channel and the "
+            f"{self.channels} multifd channels of this migration (a second claim to a channel, "
+            "or a connection that took a channel's place): the migration is refused"
+        )
+
+    def _watch(self, extra: Extra) -> None:
+        """Fail the migration on any connection beyond the expected ones, while it runs."""
+        try:
+            while not self._done.is_set() and not self.failure.event.is_set():  # until the end
+                channel = extra(POLL)
+                if channel is not None:
+                    self._refuse_extra(channel)
+        except BaseException as exc:
+            self.failure.fail(exc)
 
     # -- main thread
 
@@ -286,10 +349,11 @@ class MigrationDestination:
                 if receiver.ended.is_set():
                     if receiver.synced.acquire(blocking=False):
                         break
-                    raise TruncatedError(f"channel {receiver.index} ended before its SYNC packet")
+                    raise TruncatedError(f"{receiver.channel.label} ended before its SYNC packet")
                 if time.monotonic() > deadline:
                     raise TimeoutError(
-                        f"waited {self.timeout} s for channel {receiver.index}'s SYNC packet"
+                        f"{receiver.channel.label}: waited {self.timeout:g} s for its SYNC "
+                        "packet (the main channel's MULTIFD_FLUSH needs one from each channel)"
                     )
         for receiver in self._receivers:
             receiver.release.release()
@@ -354,7 +418,12 @@ class MigrationDestination:
 
     # -- the whole migration
 
-    def run(self, connections: Callable[[], Channel] | Iterable[Channel]) -> DestinationReport:
+    def run(
+        self,
+        connections: Callable[[], Channel] | Iterable[Channel],
+        *,
+        extra: Extra | None = None,
+    ) -> DestinationReport:
         """Accept the channels, receive the migration, and return the report.
 
         Parameters
@@ -362,29 +431,55 @@ class MigrationDestination:
         connections : callable or iterable of Channel
             Where the ``channels + 1`` connections come from: a function
             that waits for the next one (such as ``Listener.accept``) or the
-            channels themselves.
+            channels themselves (any more of them than ``channels + 1`` fail
+            the migration).
+        extra : callable, optional
+            ``extra(wait)`` returns a further connection if one is waiting
+            (such as ``Listener.poll``): watched while the migration runs and
+            once more before it completes; any such connection fails it.
 
         Raises
         ------
         PacketError
-            Bad data from the source (every channel is closed by then).
+            Bad data from the source (every channel is closed by then);
+            :class:`~multifd_zero.errors.HandshakeError` for a connection
+            beyond the expected ones.
         Exception
             Any other first error (transport errors, timeouts).
         """
         accept = _acceptor(connections)
+        if extra is None and not callable(connections):
+            extra = _leftover(accept)
         main: Channel | None = None
+        watcher: threading.Thread | None = None
         try:
             main, multifd = self._classify(accept)
+            if extra is not None:
+                watcher = threading.Thread(
+                    target=self._watch, args=(extra,), name="multifd-recv-watch", daemon=True
+                )
+                watcher.start()
             self._receivers = [_Receiver(i, multifd[i], self) for i in sorted(multifd)]
+            self.progress.restart()
+            main.waiting_for = "the main stream"
             reader = StreamReader(
                 _Patient(main, self.keep_waiting), page_size=self.page_size, magic_read=True
             )
             self._main_loop(reader)
             self._join()
+            self._done.set()
+            if watcher is not None:
+                watcher.join(self.timeout)
+            if extra is not None and not self.failure.event.is_set():
+                late = extra(0.0)  # connected before the end, not yet seen by the watcher
+                if late is not None:
+                    self._refuse_extra(late)
             self.report.bytes_received = reader.offset
         except BaseException as exc:
             self.failure.fail(exc)
             self._join()
+        finally:
+            self._done.set()
         if self.failure.error is not None:
             raise self.failure.error
         self._finish()
@@ -428,6 +523,8 @@ class _Patient:
         while True:  # each pass reads, ends, or waits while told to
             try:
                 return self._channel.recv_into(view)
+            except NoProgressError:
+                raise
             except TimeoutError:
                 if not self._keep_waiting():
                     raise
@@ -445,3 +542,16 @@ def _acceptor(connections: Callable[[], Channel] | Iterable[Channel]) -> Callabl
             raise HandshakeError("fewer connections than channels + 1") from None
 
     return take
+
+
+def _leftover(take: Callable[[], Channel]) -> Extra:
+    """For a given list of connections: the ones left after the expected ones."""
+
+    def extra(wait: float) -> Channel | None:
+        try:
+            return take()
+        except HandshakeError:
+            time.sleep(wait)  # nothing can come later: the watcher just idles
+            return None
+
+    return extra

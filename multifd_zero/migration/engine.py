@@ -39,7 +39,15 @@ from .destination import DestinationReport, MigrationDestination
 from .process import DestinationConfig, DestinationProcess, fresh_memory
 from .shm import SharedRAM
 from .source import MigrationSource, ProgressCallback, SourceReport
-from .transport import TRANSPORTS, Channel, connect, inprocess_pair
+from .tls import TLSConfig
+from .transport import (
+    DEFAULT_MIN_PROGRESS_BYTES,
+    LOOPBACK,
+    TRANSPORTS,
+    Channel,
+    connect,
+    inprocess_pair,
+)
 
 __all__ = ["MigrationAbortedError", "MigrationError", "MigrationResult", "migrate"]
 
@@ -132,6 +140,9 @@ def migrate(
     progress: ProgressCallback | None = None,
     timeout: float = 60.0,
     checksum: bool = False,
+    min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES,
+    progress_seconds: float | None = None,
+    tls: TLSConfig | None = None,
 ) -> MigrationResult:
     """Migrate ``source`` into ``destination`` over ``channels`` multifd channels.
 
@@ -192,6 +203,17 @@ def migrate(
         no progress, so it must take less than ``timeout``.
     checksum : bool, default False
         Hash the destination memory at the end, where it lives.
+    min_progress_bytes : int, default 4096
+        The destination's no-progress rule: at least this many bytes over
+        all channels every ``progress_seconds``...
+    progress_seconds : float, optional
+        ...(default: ``timeout``), however often single bytes arrive; else
+        :class:`~multifd_zero.errors.NoProgressError`.
+    tls : TLSConfig, optional
+        TLS on every channel (sockets only): the source is the client, the
+        destination process the server, both from ``tls.creds_dir``; the
+        server's certificate must name ``tls.hostname`` (default
+        ``127.0.0.1`` over TCP; required over a Unix socket).
 
     Returns
     -------
@@ -252,7 +274,18 @@ def migrate(
             )
     stats = MigrationStats()
     uuid = uuid_module.uuid4().bytes
+    if tls is not None:
+        if not isinstance(tls, TLSConfig):
+            raise TypeError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        if transport == "inprocess":
+            raise ValueError("TLS needs a socket transport ('tcp' or 'unix')")
+        tls.server_name(LOOPBACK if transport == "tcp" else None)  # checked before starting
+    if progress_seconds is not None and not progress_seconds > 0:
+        raise ValueError(f"progress_seconds must be positive, got {progress_seconds}")
+    min_progress_bytes = check_int("min_progress_bytes", min_progress_bytes, 0, 1 << 40)
     run = _Run(source, stats, options, page_count, uuid, channels, timeout, progress)
+    run.deadline = (min_progress_bytes, progress_seconds)
+    run.tls = tls
     rounds = _rounds(source, dirty)
     if transport == "inprocess":
         report, digest = run.inprocess(destination, rounds, checksum)
@@ -299,6 +332,8 @@ class _Run:
         self.progress = progress
         self.seconds = 0.0
         self.source_report = SourceReport()
+        self.deadline: tuple[int, float | None] = (DEFAULT_MIN_PROGRESS_BYTES, None)
+        self.tls: TLSConfig | None = None
 
     def _source(self, main: Channel, multifd: list[Channel]) -> MigrationSource:
         return MigrationSource(
@@ -321,7 +356,7 @@ class _Run:
         memory: mmap.mmap | None = None
         if destination is None:
             memory = fresh_memory(self.source.used_length)
-            destination = RAMBlock(self.source.idstr, memory, self.source.page_size)
+            destination = RAMBlock(self.source.idstr, memory, self.source.page_size, fresh=True)
         pairs = [inprocess_pair(timeout=self.timeout) for _ in range(self.channels + 1)]
         receiver = MigrationDestination(
             [destination],
@@ -330,6 +365,8 @@ class _Run:
             page_count=self.page_count,
             uuid=self.uuid,
             timeout=self.timeout,
+            min_progress_bytes=self.deadline[0],
+            progress_seconds=self.deadline[1],
         )
         outcome: dict[str, Any] = {}
 
@@ -376,14 +413,14 @@ class _Run:
         staging: SharedRAM | None = None
         child: DestinationProcess | None = None
         try:
-            path: str | None = None
+            fd: int | None = None
             if destination is not None:
                 if isinstance(destination.host, SharedRAM):
-                    path = destination.host.path
+                    fd = destination.host.fileno()
                 else:
                     staging = SharedRAM(destination.used_length)
                     _copy(destination.host, staging)
-                    path = staging.path
+                    fd = staging.fileno()
             config = DestinationConfig(
                 transport=transport,
                 address=os.path.join(workdir, "migrate.sock") if transport == "unix" else None,
@@ -394,7 +431,9 @@ class _Run:
                 size=(
                     destination.used_length if destination is not None else self.source.used_length
                 ),
-                path=path,
+                path=None,
+                fd=fd,
+                workdir=workdir,
                 receivedmap=(
                     destination.receivedmap.bitmap.tobytes() if destination is not None else None
                 ),
@@ -404,6 +443,11 @@ class _Run:
                 simd=_kernels.get_simd(),
                 timeout=self.timeout,
                 checksum=checksum,
+                fresh=destination is None or destination.fresh,
+                tls_dir=None if self.tls is None else os.fspath(self.tls.creds_dir),
+                tls_verify_peer=True if self.tls is None else self.tls.verify_peer,
+                min_progress_bytes=self.deadline[0],
+                progress_seconds=self.deadline[1],
             )
             child = DestinationProcess(config, cwd=workdir, timeout=self.timeout)
             listening = child.expect("listening")
@@ -411,14 +455,23 @@ class _Run:
             address = tuple(address) if isinstance(address, list) else address
             start = time.perf_counter()
             source_error: BaseException | None = None
+            tls = None if self.tls is None else self.tls.client_context()
+            hostname = (
+                None
+                if self.tls is None
+                else self.tls.server_name(LOOPBACK if transport == "tcp" else None)
+            )
+
+            def dial() -> Channel:
+                return connect(
+                    transport, address, timeout=self.timeout, tls=tls, hostname=hostname
+                )
+
             try:
-                main = connect(transport, address, timeout=self.timeout)
+                main = dial()
                 multifd: list[Channel] = []
                 try:
-                    multifd.extend(
-                        connect(transport, address, timeout=self.timeout)
-                        for _ in range(self.channels)
-                    )
+                    multifd.extend(dial() for _ in range(self.channels))
                 except BaseException:
                     for channel in [main, *multifd]:
                         channel.close()

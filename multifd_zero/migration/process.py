@@ -14,21 +14,32 @@ stdout:
   the parent raises the same exception class for
   :class:`~multifd_zero.PacketError` subclasses and the builtin errors.
 
-The child's memory is either fresh anonymous memory or a shared file mapping
-given by path (see :class:`~multifd_zero.migration.shm.SharedRAM`). Every read of the
-parent waits at most its ``timeout``.
+The child's memory is either fresh anonymous memory, a shared mapping of a
+file descriptor it inherits (a :class:`~multifd_zero.migration.shm.SharedRAM`'s
+anonymous file) or of a file given by path. Every read of the parent waits at
+most its ``timeout``.
+
+Nothing is left behind if either side is killed: the parent keeps the child's
+stdin open for the child's whole life, so the child sees its end when the
+parent dies however it dies (SIGKILL included), and then removes the
+parent's temporary folder (``DestinationConfig.workdir``) and exits; when the
+child dies, the parent sees the end of its stdout and removes the folder
+itself. Guest RAM shared between them has no name anywhere.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import mmap
 import os
 import selectors
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +52,8 @@ from ..errors import MigrationError
 from ..options import MigrationOptions
 from ..ramblock import RAMBlock
 from .destination import MigrationDestination
-from .transport import Listener
+from .tls import TLSConfig
+from .transport import DEFAULT_MIN_PROGRESS_BYTES, Listener
 
 __all__ = [
     "DestinationConfig",
@@ -95,6 +107,18 @@ class DestinationConfig:
     timeout : float
     checksum : bool
         Hash the memory at the end, where it lives.
+    fd : int or None
+        An inherited file descriptor to map as the block's memory (instead of ``path``).
+    workdir : str or None
+        The parent's temporary folder, removed by the child if the parent dies.
+    tls_dir, tls_verify_peer
+        TLS on every channel: the credentials directory and ``verify-peer``
+        (:class:`~multifd_zero.migration.tls.TLSConfig`), or None for none.
+    fresh : bool
+        With ``path`` or ``fd``: whether its pages not yet received are known to be
+        zero (:attr:`RAMBlock.fresh`); fresh memory is, always.
+    min_progress_bytes, progress_seconds
+        The no-progress rule (see :class:`MigrationDestination`).
     """
 
     transport: str
@@ -112,6 +136,13 @@ class DestinationConfig:
     simd: str
     timeout: float
     checksum: bool
+    fresh: bool = True
+    fd: int | None = None
+    workdir: str | None = None
+    tls_dir: str | None = None
+    tls_verify_peer: bool = True
+    min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES
+    progress_seconds: float | None = None
 
     def to_json(self) -> str:
         """One line of JSON (bytes as hex, the options as their fields)."""
@@ -163,11 +194,13 @@ class DestinationProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=cwd,
+            pass_fds=() if config.fd is None else (config.fd,),
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
+            # stdin stays open: its end tells the child that this process is gone.
             self.proc.stdin.write(config.to_json().encode() + b"\n")
-            self.proc.stdin.close()
+            self.proc.stdin.flush()
         except OSError:  # pragma: no cover - the child died at once; expect() reports it
             pass
         self._selector = selectors.DefaultSelector()
@@ -216,8 +249,11 @@ class DestinationProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait(self.timeout)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        # Only now: before the child exits, the end of its stdin means "the parent died".
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         return code
 
     def kill(self) -> None:
@@ -264,6 +300,8 @@ def fresh_memory(size: int) -> mmap.mmap:
 
 
 def _memory(config: DestinationConfig) -> mmap.mmap:
+    if config.fd is not None:
+        return mmap.mmap(config.fd, config.size, flags=mmap.MAP_SHARED)
     if config.path is None:
         return fresh_memory(config.size)
     fd = os.open(config.path, os.O_RDWR)
@@ -278,10 +316,20 @@ def run_child(config: DestinationConfig) -> None:
     if config.simd:
         _kernels.set_simd(config.simd)
     memory = _memory(config)
-    block = RAMBlock(config.idstr, memory, config.page_size)
+    block = RAMBlock(
+        config.idstr,
+        memory,
+        config.page_size,
+        fresh=(config.path is None and config.fd is None) or config.fresh,
+    )
     if config.receivedmap:
         block.receivedmap.bitmap[:] = np.frombuffer(config.receivedmap, dtype=np.uint64)
-    listener = Listener(config.transport, config.address, timeout=config.timeout)
+    tls = (
+        None
+        if config.tls_dir is None
+        else TLSConfig(config.tls_dir, verify_peer=config.tls_verify_peer).server_context()
+    )
+    listener = Listener(config.transport, config.address, timeout=config.timeout, tls=tls)
     try:
         _emit({"event": "listening", "address": listener.address})
         destination = MigrationDestination(
@@ -291,8 +339,10 @@ def run_child(config: DestinationConfig) -> None:
             page_count=config.page_count,
             uuid=config.uuid,
             timeout=config.timeout,
+            min_progress_bytes=config.min_progress_bytes,
+            progress_seconds=config.progress_seconds,
         )
-        report = destination.run(listener.accept)
+        report = destination.run(listener.accept, extra=listener.poll)
     finally:
         listener.close()
     reply: dict[str, Any] = {"event": "complete", "report": report.as_dict()}
@@ -304,10 +354,25 @@ def run_child(config: DestinationConfig) -> None:
     memory.close()
 
 
+def _watch_parent(workdir: str | None) -> None:
+    """Wait for the end of stdin (the parent is gone), then clean up after it and exit."""
+    try:
+        while os.read(0, 4096):  # raw reads: a buffered reader's lock would stall exit
+            pass
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        os._exit(3)  # the migration's threads are blocked on the parent's sockets
+
+
 def child_main() -> int:
     """Entry point of the destination process: a :class:`DestinationConfig` on stdin."""
     try:
-        run_child(DestinationConfig.from_json(sys.stdin.readline()))
+        config = DestinationConfig.from_json(sys.stdin.buffer.readline().decode())
+        threading.Thread(
+            target=_watch_parent, args=(config.workdir,), name="parent-watch", daemon=True
+        ).start()
+        run_child(config)
     except BaseException as exc:
         reply: dict[str, Any] = {"event": "error", "type": type(exc).__name__, "message": str(exc)}
         if isinstance(exc, errors.StreamError):  # its class needs both to be rebuilt

@@ -249,6 +249,7 @@ class _Sender:
                     self.synced.release()
                 else:
                     self._send_batch(item)
+            self.channel.end()
             self.channel.close()
         except BaseException as exc:
             self.failure.fail(exc)
@@ -528,6 +529,7 @@ class MigrationSource:
             for sender in self.senders:
                 self._put(sender, _STOP)
             self._join()
+            self.main.end()
             self.main.close()
         except BaseException as exc:
             self.failure.fail(exc)

@@ -68,21 +68,6 @@ def _format_uri(kind: str, address: Any) -> str:
     return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
 
 
-def peek(channel: SocketChannel, count: int, deadline: float) -> bytes:
-    """The first ``count`` bytes of ``channel``, left unread (fewer at the end of the stream).
-
-    How a destination tells the main channel (``QEVM``) from a multifd one,
-    as ``migration_ioc_process_incoming`` (``migration/migration.c``) does.
-    """
-    while True:  # bounded by the deadline
-        data = channel.socket.recv(count, socket.MSG_PEEK)
-        if len(data) >= count or not data:
-            return data
-        if time.monotonic() > deadline:
-            raise TimeoutError("a channel sent too little to be identified")
-        time.sleep(0.001)
-
-
 def channel_bytes(channel: SocketChannel) -> int:
     """Bytes sent and received over ``channel``."""
     return channel.bytes_sent + channel.bytes_received

@@ -318,6 +318,11 @@ def _get(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
         raise SnapshotError(f"{where}: {key!r} must be an integer")
     if kind is not int and not isinstance(value, kind):
         raise SnapshotError(f"{where}: {key!r} must be a {kind.__name__}")
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # JSON may hold lone surrogates ("\ud800")
+            raise SnapshotError(f"{where}: {key!r} is not valid Unicode") from None
     return value
 
 
@@ -353,15 +358,17 @@ def load_manifest(directory: str | os.PathLike[str]) -> Manifest:
     root = Path(directory)
     path = root / MANIFEST
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise SnapshotError(
             f"{root}: no {MANIFEST} (not a snapshot, or an unfinished save)"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise SnapshotError(f"{path}: not UTF-8 ({exc})") from None
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SnapshotError(f"{path}: not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON, too many digits, too deep
+        raise SnapshotError(f"{path}: not JSON ({str(exc)[:200]})") from None
     if not isinstance(obj, dict):
         raise SnapshotError(f"{path}: not a JSON object")
     where = str(path)

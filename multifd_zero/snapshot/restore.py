@@ -8,7 +8,7 @@ import itertools
 import mmap
 import os
 import queue
-import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +33,8 @@ from .. import (
 )
 from ..errors import MigrationAbortedError
 from ..migration._failure import POLL, Failure
-from ..migration.transport import SocketChannel
+from ..migration.tls import TLSConfig, handshake
+from ..migration.transport import SocketChannel, peer_name
 from ..wire import (
     MULTIFD_FLAG_SYNC,
     encode_init,
@@ -51,6 +52,7 @@ from .connections import (
     channel_bytes,
     check_channels,
     connect_uri,
+    parse_uri,
 )
 from .manifest import PAGE_SIZE, BlockInfo, Manifest, RestoreResult, load_manifest
 
@@ -276,6 +278,7 @@ def restore(
     uuid: bytes = bytes(16),
     timeout: float = 60.0,
     progress: Progress | None = None,
+    tls: TLSConfig | None = None,
 ) -> RestoreResult:
     """Send a snapshot to a QEMU 10 destination (``-incoming defer`` + ``migrate-incoming``).
 
@@ -295,6 +298,14 @@ def restore(
         Seconds any single send or connection may block.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``.
+    tls : TLSConfig, optional
+        TLS on every channel, as a QEMU source with ``tls-creds``
+        (``endpoint=client``): the destination's certificate must be signed by
+        ``ca-cert.pem`` and name ``tls.hostname``, else the URI's host (QEMU
+        checks the multifd channels against the same name);
+        ``client-cert.pem``/``client-key.pem`` are presented if present. Each
+        channel ends its session with ``close_notify``, which a QEMU 10
+        destination requires on its multifd channels.
 
     Returns
     -------
@@ -317,6 +328,28 @@ def restore(
         ) from None
     if not isinstance(uuid, bytes) or len(uuid) != 16:
         raise ValueError("uuid must be 16 bytes")
+    context: ssl.SSLContext | None = None
+    hostname: str | None = None
+    if tls is not None:
+        if not isinstance(tls, TLSConfig):
+            raise TypeError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        kind, address = parse_uri(connect)
+        hostname = tls.server_name(address[0] if kind == "tcp" else None)
+        context = tls.client_context()
+
+    def dial() -> SocketChannel:
+        sock = connect_uri(connect, timeout)
+        if context is not None:
+            sock = handshake(
+                sock,
+                context,
+                server_side=False,
+                timeout=timeout,
+                hostname=hostname,
+                peer=peer_name(sock),
+            )
+        return SocketChannel(sock, timeout)
+
     root = Path(directory)
     manifest = load_manifest(root)
     device_state = (root / manifest.device_state_file).read_bytes()
@@ -328,10 +361,10 @@ def restore(
     try:
         for info in manifest.blocks:
             images.append(_Image(root, info))
-        main = SocketChannel(connect_uri(connect, timeout), timeout)
+        main = dial()
         conns.append(main)
         for i in range(channels):
-            conn = SocketChannel(connect_uri(connect, timeout), timeout)
+            conn = dial()
             conns.append(conn)
             conn.send([encode_init(uuid, i)])
         stats = MigrationStats()
@@ -375,8 +408,7 @@ def restore(
         if failure.error is not None:
             raise failure.error
         for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.socket.shutdown(socket.SHUT_WR)
+            conn.end()  # close_notify over TLS, then the end of the stream
     except MigrationAbortedError:
         assert failure.error is not None
         raise failure.error from None

@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import queue
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -28,7 +30,13 @@ from .. import (
 from ..errors import MigrationAbortedError, SnapshotError, StreamError, StreamSizeError
 from ..migration._failure import POLL, Failure
 from ..migration.process import fresh_memory
-from ..migration.transport import SocketChannel
+from ..migration.tls import TLSConfig, handshake
+from ..migration.transport import (
+    DEFAULT_MIN_PROGRESS_BYTES,
+    ProgressDeadline,
+    SocketChannel,
+    peer_name,
+)
 from ..wire import (
     HandshakeError,
     decode_init,
@@ -52,7 +60,6 @@ from .connections import (
     channel_bytes,
     check_channels,
     listen_uri,
-    peek,
 )
 from .manifest import (
     DEVICE_STATE_FILE,
@@ -77,9 +84,19 @@ class _Destination:
     """One incoming migration: the main channel on the caller's thread, multifd on threads."""
 
     def __init__(
-        self, listener: socket.socket, channels: int, timeout: float, progress: Progress | None
+        self,
+        listener: socket.socket,
+        channels: int,
+        timeout: float,
+        progress: Progress | None,
+        deadline: ProgressDeadline,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.listener = listener
+        self.deadline = deadline
+        self.tls = tls
+        self.have_main = False
+        self.multifd_seen = 0
         self.channels = channels
         self.timeout = timeout
         self.progress = progress
@@ -103,6 +120,7 @@ class _Destination:
         self.total_bytes = 0
         self.first_contact: float | None = None
         self.finished = threading.Event()
+        self.uri = ""
 
     def fail(self, exc: BaseException) -> None:
         """Record the first error and close every connection, unblocking every reader."""
@@ -118,12 +136,11 @@ class _Destination:
 
     def _accept_all(self) -> None:
         try:
-            wanted_multifd = self.channels
-            have_main = False
-            # After the expected channels, keep accepting: any further connection is an error.
+            expected = self.channels + 1
+            accepted = 0
+            # After the expected connections, keep accepting: any further one is an error.
             while True:
                 self.listener.settimeout(POLL)
-                complete = have_main and not wanted_multifd
                 deadline = time.monotonic() + self.timeout
                 while True:
                     try:
@@ -132,59 +149,115 @@ class _Destination:
                     except TimeoutError:
                         if self.failure.event.is_set() or self.finished.is_set():
                             return
-                        if not complete and time.monotonic() > deadline:
+                        if accepted < expected and time.monotonic() > deadline:
                             raise TimeoutError(
-                                f"no incoming connection within {self.timeout} s"
+                                f"nobody connected to {self.uri} within {self.timeout:g} s "
+                                f"({accepted} of the {expected} connections arrived)"
                             ) from None
                 if self.first_contact is None:
                     self.first_contact = time.monotonic()
-                conn = SocketChannel(sock, self.timeout)
-                with self.conns_lock:
-                    self.conns.append(conn)
-                magic = peek(conn, 4, time.monotonic() + self.timeout)
-                if magic == b"QEVM":
-                    if have_main:
-                        raise HandshakeError("a second main channel connected")
-                    have_main = True
-                    self.main_queue.put(conn)
-                else:
-                    if not wanted_multifd:
-                        raise HandshakeError(
-                            f"more than the {self.channels} expected multifd channels connected"
-                            if self.channels
-                            else "a multifd channel connected, but multifd is off here "
-                            "(channels=0)"
-                        )
-                    wanted_multifd -= 1
-                    thread = threading.Thread(
-                        target=self._channel_thread,
-                        args=(conn,),
-                        daemon=True,
-                        name="snapshot-recv",
-                    )
-                    self.threads.append(thread)
-                    thread.start()
+                    self.deadline.restart()
+                if accepted == expected:
+                    conn = self._wrap(sock)
+                    with self.conns_lock:
+                        self.conns.append(conn)
+                    raise self._extra(conn)
+                accepted += 1
+                # Each connection on its own thread from here: its TLS handshake and its
+                # first bytes must not hold up the others (a source may connect them all
+                # before it writes to any).
+                thread = threading.Thread(
+                    target=self._connection_thread,
+                    args=(sock,),
+                    daemon=True,
+                    name="snapshot-conn",
+                )
+                self.threads.append(thread)
+                thread.start()
         except BaseException as exc:
             self.failure.fail(exc)
 
-    # -- multifd channels
-
-    def _channel_thread(self, conn: SocketChannel) -> None:
+    def _connection_thread(self, sock: socket.socket) -> None:
         try:
+            if self.tls is not None:
+                sock = handshake(
+                    sock,
+                    self.tls,
+                    server_side=True,
+                    timeout=self.timeout,
+                    peer=peer_name(sock),
+                )
+            conn = self._wrap(sock)
+            with self.conns_lock:
+                self.conns.append(conn)
+            if self.failure.event.is_set():
+                conn.close()
+                return
+            magic = conn.peek(4, what="its magic (main or multifd channel?)")
+            with self.id_lock:
+                if magic == b"QEVM":
+                    if self.have_main:
+                        raise HandshakeError(f"a second main channel, from {conn.label}")
+                    self.have_main = True
+                elif self.multifd_seen == self.channels:
+                    raise self._extra(conn)
+                else:
+                    self.multifd_seen += 1
+            if magic == b"QEVM":
+                conn.label = f"main channel ({conn.label})"
+                self.main_queue.put(conn)
+                return
             self._channel(conn)
         except MigrationAbortedError:
             pass
         except BaseException as exc:
             self.failure.fail(exc)
 
+    def _wrap(self, sock: socket.socket) -> SocketChannel:
+        conn = SocketChannel(sock, self.timeout)
+        conn.progress = self.deadline
+        return conn
+
+    def _extra(self, conn: SocketChannel) -> HandshakeError:
+        if not self.channels:
+            return HandshakeError(
+                f"a connection from {conn.label} that is not the main channel, "
+                "but multifd is off here (channels=0)"
+            )
+        return HandshakeError(
+            f"a connection from {conn.label} beyond the main channel and the {self.channels} "
+            "expected multifd channels (a second claim to a channel, or a connection that "
+            "took a channel's place): the migration is refused"
+        )
+
+    def _check_no_extra(self) -> None:
+        """Before completing: a connection waiting to be accepted fails the migration."""
+        ready, _, _ = select.select([self.listener], [], [], 0)
+        if not ready:
+            return
+        self.listener.settimeout(0)
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):  # pragma: no cover - it went away
+            return
+        conn = self._wrap(sock)
+        with self.conns_lock:
+            self.conns.append(conn)
+        raise self._extra(conn)
+
+    # -- multifd channels
+
     def _channel(self, conn: SocketChannel) -> None:
         init = bytearray(64)
-        conn.recv_exact(memoryview(init), what="a multifd handshake")
+        conn.recv_exact(memoryview(init), what="its multifd handshake")
         hello = decode_init(init, channels=self.channels)
         with self.id_lock:
             if hello.id in self.ids_seen:
-                raise HandshakeError(f"multifd channel id {hello.id} connected twice")
+                raise HandshakeError(
+                    f"multifd channel id {hello.id} claimed twice, the second time by {conn.label}"
+                )
             self.ids_seen.add(hello.id)
+            conn.label = f"multifd channel {hello.id} ({conn.label})"
             if self.uuid is None:
                 self.uuid = hello.uuid
             elif hello.uuid != self.uuid:
@@ -194,7 +267,9 @@ class _Destination:
                 )
         counts = Counts()
         self.channel_counts.append(counts)
-        self.failure.wait_event(self.blocks_ready, self.timeout, "block list (MEM_SIZE)")
+        self.failure.wait_event(
+            self.blocks_ready, self.timeout, f"the block list (MEM_SIZE) before {conn.label}"
+        )
         lengths = {name: block.used_length for name, block in self.blocks.items()}
         size = packet_len(self.page_count)
         header = bytearray(size)
@@ -224,7 +299,9 @@ class _Destination:
             if pkt.sync:
                 self.synced.release()
                 self.failure.wait(
-                    self.release[hello.id], self.timeout, "MULTIFD_FLUSH on the main channel"
+                    self.release[hello.id],
+                    self.timeout,
+                    f"MULTIFD_FLUSH on the main channel to release {conn.label}",
                 )
 
     def _progress(self, pages: int) -> None:
@@ -238,7 +315,9 @@ class _Destination:
     def _sync_main(self) -> None:
         """``multifd_recv_sync_main``: one SYNC from every channel, then release them all."""
         for _ in range(self.channels):
-            self.failure.wait(self.synced, self.timeout, "SYNC packet from every channel")
+            self.failure.wait(
+                self.synced, self.timeout, "a SYNC packet from every multifd channel"
+            )
         for sem in self.release:
             sem.release()
 
@@ -255,7 +334,7 @@ class _Destination:
                 raise StreamSizeError(
                     f"cannot map {length} bytes for block {idstr!r}: {exc}", at
                 ) from None
-            self.blocks[idstr] = RAMBlock(idstr, host, PAGE_SIZE)
+            self.blocks[idstr] = RAMBlock(idstr, host, PAGE_SIZE, fresh=True)
             self.written[idstr] = np.zeros(length // PAGE_SIZE, dtype=np.bool_)
             self.order.append((idstr, length))
         self.total_bytes = mem.total
@@ -263,6 +342,7 @@ class _Destination:
 
     def run(self) -> tuple[dict[str, Any], Counts]:
         accept = threading.Thread(target=self._accept_all, daemon=True, name="snapshot-accept")
+        self.accept_thread = accept
         accept.start()
         try:
             return self._run_main()
@@ -298,6 +378,7 @@ class _Destination:
                     raise MigrationAbortedError("the snapshot failed elsewhere") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no main channel within {self.timeout} s") from None
+        main.waiting_for = "the main stream"
         reader = StreamReader(main, page_size=PAGE_SIZE)
         counts = Counts()
         info: dict[str, Any] = {"commands": []}
@@ -339,6 +420,11 @@ class _Destination:
             raise HandshakeError(
                 f"{len(self.ids_seen)} multifd channels connected, {self.channels} expected"
             )
+        self.finished.set()
+        self.accept_thread.join(self.timeout)
+        if self.failure.error is not None:
+            raise self.failure.error
+        self._check_no_extra()
         info["main_bytes"] = channel_bytes(main)
         return info, counts
 
@@ -359,6 +445,18 @@ class SnapshotSaver:
         Seconds any single wait (a connection, a read, a sync) may take.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called from receiving threads.
+    min_progress_bytes : int, default 4096
+        The no-progress rule: at least this many bytes over all connections
+        every ``progress_seconds`` (default: ``timeout``), or
+        :class:`~multifd_zero.errors.NoProgressError`.
+    progress_seconds : float, optional
+    tls : TLSConfig, optional
+        TLS on every channel, as a QEMU destination with ``tls-creds``
+        (``endpoint=server``): ``server-cert.pem``/``server-key.pem`` from
+        ``tls.creds_dir``, and with ``verify_peer`` (the default) a client
+        certificate signed by ``ca-cert.pem`` required. A connection whose
+        handshake fails (a plain one included) fails the save before any of
+        its bytes is used.
 
     Attributes
     ----------
@@ -380,10 +478,19 @@ class SnapshotSaver:
         *,
         timeout: float = 60.0,
         progress: Progress | None = None,
+        min_progress_bytes: int = DEFAULT_MIN_PROGRESS_BYTES,
+        progress_seconds: float | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         check_channels(channels)
+        if tls is not None and not isinstance(tls, TLSConfig):
+            raise TypeError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        self._tls = None if tls is None else tls.server_context()
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        ProgressDeadline(progress_seconds or timeout, min_bytes=min_progress_bytes)  # checks
+        self.min_progress_bytes = min_progress_bytes
+        self.progress_seconds = progress_seconds
         self.directory = Path(directory)
         if (self.directory / MANIFEST).exists():
             raise SnapshotError(f"{self.directory} already holds a snapshot")
@@ -413,7 +520,14 @@ class SnapshotSaver:
             raise RuntimeError("a SnapshotSaver receives one migration only")
         self._used = True
         start = time.monotonic()
-        dest = _Destination(self._sock, self.channels, self.timeout, self.progress)
+        deadline = ProgressDeadline(
+            self.timeout if self.progress_seconds is None else self.progress_seconds,
+            min_bytes=self.min_progress_bytes,
+        )
+        dest = _Destination(
+            self._sock, self.channels, self.timeout, self.progress, deadline, self._tls
+        )
+        dest.uri = self.uri
         info, counts = dest.run()
         if dest.first_contact is not None:
             start = dest.first_contact
@@ -457,12 +571,15 @@ def save(
     *,
     timeout: float = 60.0,
     progress: Progress | None = None,
+    tls: TLSConfig | None = None,
 ) -> SaveResult:
     """Listen, receive one migration and write the snapshot (see :class:`SnapshotSaver`).
 
     Only useful with a fixed address (the caller must know where to migrate).
     """
-    with SnapshotSaver(directory, listen, channels, timeout=timeout, progress=progress) as saver:
+    with SnapshotSaver(
+        directory, listen, channels, timeout=timeout, progress=progress, tls=tls
+    ) as saver:
         return saver.wait()
 
 

@@ -112,7 +112,7 @@ class Expected:
 
 def expect(plan: Plan, mode: str, postcopy: bool, channels: int, page_count: int) -> Expected:
     """Replay the plan through the reference model, counting QEMU's bytes."""
-    ref = RefDestination(bytes([SENTINEL]) * (PAGES * PS), PS)
+    ref = RefDestination(bytes([SENTINEL]) * (PAGES * PS), PS, fresh=True)
     src = plan.initial.copy()
     plen = wire.packet_len(page_count)
     # Handshakes, and the setup sync's SYNC packet on every channel (ram_save_setup).
@@ -164,10 +164,14 @@ def expect(plan: Plan, mode: str, postcopy: bool, channels: int, page_count: int
 
 
 def destination_block(kind: str) -> mz.RAMBlock:
-    """A sentinel-filled destination: shared RAM (no staging) or a bytearray (staged)."""
+    """A sentinel-filled destination: shared RAM (no staging) or a bytearray (staged).
+
+    Claimed fresh, so that QEMU's precopy saving applies and the sentinel shows every
+    page it did not touch (tests/migration/test_dirty_destination.py covers blocks that
+    are not fresh)."""
     host: Any = SharedRAM(PAGES * PS) if kind == "shared" else bytearray(PAGES * PS)
     np.frombuffer(host, dtype=np.uint8)[:] = SENTINEL
-    return mz.RAMBlock(NAME, host, PS)
+    return mz.RAMBlock(NAME, host, PS, fresh=True)
 
 
 def check(result: engine.MigrationResult, dst: mz.RAMBlock, exp: Expected, channels: int) -> None:
@@ -322,7 +326,7 @@ def test_zero_pages_are_never_touched_in_precopy(postcopy: bool) -> None:
     memory = mmap.mmap(-1, PAGES * PS, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         memory.madvise(mmap.MADV_NOHUGEPAGE)
-    dst = mz.RAMBlock(NAME, memory, PS)
+    dst = mz.RAMBlock(NAME, memory, PS, fresh=True)  # new anonymous memory: known zero
     options = mz.MigrationOptions(postcopy_ram=postcopy)
     migrate(mz.RAMBlock(NAME, ram), dst, channels=2, options=options, dirty=plan.rounds(ram))
     resident = mincore(memory, PAGES)

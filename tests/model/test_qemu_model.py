@@ -59,7 +59,7 @@ def test_model_stats_and_modes() -> None:
 
 def test_model_receive_rule() -> None:
     """First-time zero page untouched in precopy, written in postcopy; legacy reads first."""
-    dest = RefDestination(b"\x07" * 8192, 4096)
+    dest = RefDestination(b"\x07" * 8192, 4096, fresh=True)  # claimed zero: not even read
     assert dest.recv_zero_page_process([0], postcopy_ram=False) == 0
     assert dest.memory[:4096] == b"\x07" * 4096 and dest.received == [True, False]
     assert dest.recv_zero_page_process([0], postcopy_ram=False) == 1

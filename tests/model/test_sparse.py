@@ -61,7 +61,7 @@ def _resident_pages(mm: mmap.mmap, page_size: int) -> int:
 def child_destination(kind: str, how: str, page_size: int) -> dict[str, Any]:
     """Receive every page of a fresh block as a zero page; resident memory before/after."""
     mm = _mapping(kind)
-    block = mz.RAMBlock("pc.ram", mm, page_size)
+    block = mz.RAMBlock("pc.ram", mm, page_size, fresh=True)  # a new mapping: known zero
     n = SIZE // page_size
     offsets = np.arange(n, dtype=np.uint64) * np.uint64(page_size)
     precopy = mz.MigrationOptions()

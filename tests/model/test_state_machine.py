@@ -190,9 +190,10 @@ class MigrationMachine(RuleBasedStateMachine):
         # Destination: sentinel pages stand for never-populated memory.
         self.sentinel = sentinel_pages(num_pages, page_size)
         self.dst = self.sentinel.copy()
-        self.dst_block = mz.RAMBlock("pc.ram", self.dst.reshape(-1), page_size)
+        # Claimed fresh: QEMU's own assumption, which the sentinels make visible.
+        self.dst_block = mz.RAMBlock("pc.ram", self.dst.reshape(-1), page_size, fresh=True)
         self.receiver = self.RECEIVER(self.dst_block, self.options)
-        self.m_dst = RefDestination(self.sentinel.tobytes(), page_size)
+        self.m_dst = RefDestination(self.sentinel.tobytes(), page_size, fresh=True)
         self.stats = mz.MigrationStats()
         self.m_stats = RefStats()
         self.m_released: list[int] = []

@@ -354,7 +354,7 @@ def test_dirty_rounds_on_threads_every_mode(mode: str, postcopy: bool) -> None:
     src = mz.RAMBlock("pc.ram", ram.reshape(-1), page_size)
     sentinel = sentinel_pages(pages, page_size)
     dst_mem = sentinel.copy()
-    dst = mz.RAMBlock("pc.ram", dst_mem.reshape(-1), page_size)
+    dst = mz.RAMBlock("pc.ram", dst_mem.reshape(-1), page_size, fresh=True)  # sentinels show
     stats = mz.MigrationStats()
 
     arrivals = np.zeros(pages, dtype=np.int64)
@@ -457,7 +457,7 @@ def test_engine_channels_share_one_receivedmap(mode: str, postcopy: bool) -> Non
     sentinel = sentinel_pages(pages, page_size)
     dst_mem = sentinel.copy()
     src = mz.RAMBlock("pc.ram", ram.reshape(-1), page_size)
-    dst = mz.RAMBlock("pc.ram", dst_mem.reshape(-1), page_size)
+    dst = mz.RAMBlock("pc.ram", dst_mem.reshape(-1), page_size, fresh=True)  # sentinels show
     arrivals = np.ones(pages, dtype=np.int64)
     zero_arrivals = (~ram.any(axis=1)).astype(np.int64)
     expected = {"normal": int(pages - zero_arrivals.sum()), "duplicate": int(zero_arrivals.sum())}

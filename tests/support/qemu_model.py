@@ -176,11 +176,18 @@ def ref_save_zero_pages(
 
 
 class RefDestination:
-    """Destination RAM and its receivedmap (one bool per page)."""
+    """Destination RAM and its receivedmap (one bool per page).
 
-    def __init__(self, memory: bytes | bytearray, page_size: int) -> None:
+    ``fresh``: the pages not yet received are known to be zero (QEMU's own
+    assumption about its destination RAM). When they are not, a first-time
+    multifd zero page is checked and zeroed only if not zero, as
+    ``ram_handle_zero`` does for the legacy records.
+    """
+
+    def __init__(self, memory: bytes | bytearray, page_size: int, *, fresh: bool = False) -> None:
         self.memory = bytearray(memory)
         self.page_size = page_size
+        self.fresh = fresh
         self.received = [False] * (len(self.memory) // page_size)
 
     def page_index(self, offset: int) -> int:
@@ -191,12 +198,14 @@ class RefDestination:
         """``multifd_recv_zero_page_process`` (QEMU 10.1); returns pages written.
 
         For each offset: received = test bit; if postcopy-ram or received,
-        memset the page; if not received, set the bit.
+        memset the page; else, unless the memory is fresh, memset it if it is
+        not zero (``ram_handle_zero``); if not received, set the bit.
         """
         written = 0
         for off in zero_offsets:
             received = self.received[self.page_index(off)]
-            if postcopy_ram or received:
+            stale = not self.fresh and not ref_page_is_zero(self.memory, off, self.page_size)
+            if postcopy_ram or received or stale:
                 self.memory[off : off + self.page_size] = bytes(self.page_size)
                 written += 1
             if not received:
