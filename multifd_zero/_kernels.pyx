@@ -31,6 +31,7 @@ from multifd_zero._csrc cimport (
     mfz_bit_set,
     mfz_bit_test,
     mfz_count_nonzero,
+    mfz_guarded_pages,
     mfz_is_zero,
     mfz_offsets_ok,
     mfz_path,
@@ -38,11 +39,13 @@ from multifd_zero._csrc cimport (
     mfz_path_supported,
     mfz_paths,
     mfz_popcount64,
+    mfz_punch_hole,
     mfz_select,
     mfz_store_fence,
 )
 
 import operator
+import os
 
 import numpy as np
 
@@ -428,6 +431,91 @@ def zero_page_mask(buf, page_size=4096):
     finally:
         _end(&c)
     return mask
+
+
+def mapped_page_mask(buf, page_size=4096):
+    """Return one bool per page of a mapped file window, or None if the file shrank.
+
+    Like :func:`zero_page_mask`, but the length need not be a multiple of
+    ``page_size`` (the last page may be partial, checked on its bytes), and
+    the check runs with a SIGBUS guard: touching a page that a truncation
+    removed from under the mapping returns None instead of ending the process.
+
+    Parameters
+    ----------
+    buf : buffer
+        C-contiguous, typically a memoryview of an ``mmap`` of a file.
+    page_size : int, default 4096
+        A power of two from 1 KiB to 2 MiB.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``bool`` array of ``ceil(len(buf) / page_size)`` entries; None when
+        the mapped file shrank during the check.
+
+    Examples
+    --------
+    >>> mapped_page_mask(bytes(4096) + b"\\1").tolist()
+    [True, False]
+    """
+    cdef const mfz_path *path = mfz_path_now()
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef _Call c
+    cdef Py_buffer *view
+    cdef Py_ssize_t n
+    cdef uint8_t *out
+    cdef int failed = 0
+    _begin(&c)
+    try:
+        view = _acquire(&c, buf, _READ, "buf")
+        n = (view.len + ps - 1) // ps
+        mask = np.empty(n, dtype=_BOOL)
+        out = _array_data(mask)
+        with nogil:
+            failed = mfz_guarded_pages(path, <const uint8_t *>view.buf, view.len, ps, out)
+    finally:
+        _end(&c)
+    return None if failed else mask
+
+
+def punch_hole(fd, offset, length):
+    """Deallocate ``length`` bytes of the file ``fd`` from ``offset``; its size stays.
+
+    ``fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+    length)``, with the GIL released: the range reads as zeros afterwards and
+    its blocks are freed (a partial block at either end is zeroed instead).
+
+    Parameters
+    ----------
+    fd : int
+        A file descriptor open for writing.
+    offset, length : int
+        Bytes, at least 0 (a length of 0 does nothing).
+
+    Raises
+    ------
+    OSError
+        The file system cannot punch holes (``EOPNOTSUPP``), ``fd`` is not
+        open for writing (``EBADF``), or the platform has no ``fallocate``
+        (``ENOSYS``, not Linux).
+    TypeError, ValueError
+        A non-int or negative argument.
+    """
+    cdef int cfd
+    cdef int64_t off, n
+    cdef int err = 0
+    for name, value, high in (("fd", fd, 2**31 - 1), ("offset", offset, 2**63 - 1),
+                              ("length", length, 2**63 - 1)):
+        if not 0 <= _as_int(value, name) <= high:
+            raise ValueError(f"{name} must be from 0 to {high}, got {value}")
+    cfd, off, n = operator.index(fd), operator.index(offset), operator.index(length)
+    if n == 0:
+        return
+    with nogil:
+        err = mfz_punch_hole(cfd, off, n)
+    if err:
+        raise OSError(err, os.strerror(err))
 
 
 # ------------------------------------------------------------ the source side
