@@ -18,11 +18,12 @@ typo in the environment cannot break a program that imports the library;
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
 try:
-    from . import _kernels as _compiled
+    importlib.import_module(f"{__name__}._kernels")
 except ModuleNotFoundError as exc:  # pragma: no cover - only in an unbuilt checkout
     if exc.name != f"{__name__}._kernels":
         raise

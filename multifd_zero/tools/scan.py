@@ -633,18 +633,21 @@ def read_image(
         if sniff(os.pread(fd, SNIFF_BYTES, 0), name) != "raw":
             raise FileFormatError(f"{name}: an ELF dump; migrate reads raw images only")
         memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        done = 0
         with memoryview(memory) as view:
-            done = 0
             while done < size:
-                n = os.preadv(fd, [view[done : done + READ_CHUNK_BYTES * 16]], done)
+                with view[done : done + 4 * READ_CHUNK_BYTES] as piece:
+                    n = os.preadv(fd, [piece], done)
                 if n == 0:
-                    memory.close()
-                    raise FileChangedError(
-                        errno.EIO, f"the file shrank to {done} bytes while it was read", name
-                    )
+                    break
                 done += n
                 if progress is not None:
                     progress(n)
+        if done < size:
+            memory.close()
+            raise FileChangedError(
+                errno.EIO, f"the file shrank to {done} bytes while it was read", name
+            )
     return memory
 
 
@@ -724,7 +727,10 @@ def _page_ranges(fd: int, size: int, page_size: int) -> Iterator[tuple[int, int]
 def _check_mapped(fd: int, offset: int, length: int, counter: _Counter) -> None:
     """Map ``length`` bytes of ``fd`` from ``offset`` and check them under the guard."""
     base = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mapped = mmap.mmap(fd, offset - base + length, access=mmap.ACCESS_READ, offset=base)
+    try:
+        mapped = mmap.mmap(fd, offset - base + length, access=mmap.ACCESS_READ, offset=base)
+    except ValueError:  # "mmap length is greater than file size": it shrank
+        raise _Shrank from None
     try:
         with memoryview(mapped) as view, view[offset - base :] as piece:
             counter.check(piece, mapped=True)

@@ -243,7 +243,12 @@ class _Sparsifier:
     def _window(self, offset: int, length: int) -> None:
         ps = self.ps
         base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(self.src, offset - base + length, access=mmap.ACCESS_READ, offset=base)
+        try:
+            mapped = mmap.mmap(
+                self.src, offset - base + length, access=mmap.ACCESS_READ, offset=base
+            )
+        except ValueError:  # "mmap length is greater than file size": it shrank
+            raise self._shrank() from None
         try:
             with memoryview(mapped) as whole, whole[offset - base :] as view:
                 mask = _kernels.mapped_page_mask(view, ps)

@@ -1,0 +1,251 @@
+"""Every command as a user meets it: one line, the right exit status, no traceback.
+
+Exit statuses: 2 for a usage error (the parser, before anything runs), 1 for a
+run that failed, 130 for Ctrl-C. Each case runs the installed command in a
+subprocess (``python -m multifd_zero`` from a temporary directory) and checks
+the status and the one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import multifd_zero as mz
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MULTIFD_ZERO_SIMD"}
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "multifd_zero", *args],
+        cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["migrate", "--channels", "300"], "argument --channels: must be from 1 to 255, got 300"),
+        (["migrate", "--page-count", "4294967296"], "argument --page-count: must be from 1 to"),
+        (["migrate", "--timeout", "inf"], "argument --timeout: must be a positive number"),
+        (["save", "x", "--timeout", "nan"], "argument --timeout: must be a positive number"),
+        (["demo", "--size-mib", "1000000000"], "argument --size-mib: must be from 1 to 1048576"),
+        (["demo", "--seed", "-1"], "argument --seed: must be from 0 to 4294967295, got -1"),
+        (["demo", "--page-size", "3000"], "argument --page-size: page_size must be a power of two"),
+        (["migrate", "--page-size", "4K", "--size-mib", "x"], "argument --size-mib: not an integer"),
+        (["bench", "--json", "/nonexistent/x.json"], "argument --json: /nonexistent/x.json: no such"),
+        (["scan", "--length", "1Q", "x"], "argument --length: not a size: '1Q'"),
+        (["sparsify", "a"], "give either DST or --in-place"),
+        (["sparsify", "a", "b", "--in-place"], "give either DST or --in-place"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(v)[:40],
+)
+def test_usage_errors_exit_2_in_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    """Bounds are the parser's: a bad value is one line naming the option, exit 2."""
+    proc = run(args, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc)
+    assert needle in line
+    assert line.startswith("multifd-zero")
+    assert proc.stdout == ""
+
+
+def test_sizes_take_suffixes_everywhere(tmp_path: Path) -> None:
+    """``4K`` and ``2M`` are page sizes in every command (one shared argument type)."""
+    proc = run(["demo", "--size-mib", "2", "--page-size", "4K", "--rounds", "1", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["page_size"] == 4096
+    image = tmp_path / "ram.img"
+    image.write_bytes(bytes(2 * 1024 * 1024))
+    proc = run(["migrate", "--image", str(image), "--page-size", "2M", "--transport",
+                "inprocess", "--rounds", "1", "--json"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ram"]["duplicate"] == 1
+    proc = run(["sparsify", "--page-size", "2M", str(image), str(tmp_path / "c"), "--json"],
+               tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["page_size"] == 2 * 1024 * 1024
+
+
+def test_help_shows_defaults_and_fits(tmp_path: Path) -> None:
+    """``--help`` of every command names its defaults and fits 80 columns."""
+    for command in ("demo", "migrate", "scan", "sparsify", "bench", "save", "restore", "info"):
+        proc = run([command, "--help"], tmp_path, COLUMNS="200")
+        assert proc.returncode == 0, proc.stderr
+        assert max(len(line) for line in proc.stdout.splitlines()) <= 80, command
+        if command not in ("info",):
+            assert "(default:" in proc.stdout, command
+
+
+def test_failed_runs_exit_1_in_one_line(tmp_path: Path) -> None:
+    """A missing file and a bad image: exit 1, one line naming the file once."""
+    missing = tmp_path / "missing.img"
+    proc = run(["migrate", "--image", str(missing)], tmp_path)
+    assert proc.returncode == 1
+    assert one_line(proc) == f"multifd-zero migrate: error: {missing}: No such file or directory"
+    odd = tmp_path / "odd.img"
+    odd.write_bytes(b"\1" * 100)
+    proc = run(["migrate", "--image", str(odd)], tmp_path)
+    assert proc.returncode == 1
+    assert "not a positive multiple of the page size 4096" in one_line(proc)
+    proc = run(["sparsify", str(missing), str(tmp_path / "out")], tmp_path)
+    assert proc.returncode == 1
+    assert one_line(proc) == f"multifd-zero sparsify: error: {missing}: No such file or directory"
+    proc = run(["scan", str(missing)], tmp_path)
+    assert proc.returncode == 1
+    assert one_line(proc) == f"multifd-zero scan: {missing}: No such file or directory"
+    proc = run(["scan", "/dev/stdin"], tmp_path)  # stdin is /dev/null: a character device
+    assert proc.returncode == 1
+    line = one_line(proc)
+    assert line.count("/dev/stdin") == 1 and "character device has no end" in line
+
+
+def test_memory_error_is_one_line(tmp_path: Path) -> None:
+    """A synthetic guest bigger than the address space allows: exit 1, 'not enough memory'."""
+    proc = subprocess.run(
+        ["prlimit", "--as=1500000000", sys.executable, "-m", "multifd_zero", "demo",
+         "--size-mib", "4096", "--rounds", "1"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+    ) if shutil.which("prlimit") else None  # fmt: skip
+    if proc is None:
+        pytest.skip("no prlimit to cap the address space")
+    assert proc.returncode == 1, proc.stderr
+    assert one_line(proc).startswith("multifd-zero demo: error: not enough memory")
+
+
+def test_info_json(tmp_path: Path) -> None:
+    proc = run(["info", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["multifd_zero"] == mz.__version__
+    assert doc["simd_paths"] == list(mz.simd_paths()) and doc["simd"] == mz.simd_paths()[-1]
+
+
+def test_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """``demo --json | head -c0``: the reader is gone before the output; exit 1, nothing on stderr."""
+    for args in (["demo", "--size-mib", "2", "--rounds", "1", "--json"], ["info", "--json"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "multifd_zero", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=_env(),
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert proc.wait(timeout=120) == 1, err
+        assert err == ""
+
+
+def test_simd_environment_variable_warns_in_one_line(tmp_path: Path) -> None:
+    """MULTIFD_ZERO_SIMD=bogus: the import works, one SimdWarning line, the best path stays."""
+    code = "import multifd_zero as m; print(m.get_simd())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_env(MULTIFD_ZERO_SIMD="bogus"),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == mz.simd_paths()[-1]
+    assert one_line(proc).startswith("MULTIFD_ZERO_SIMD:0: SimdWarning: ignored, using ")
+    assert "unknown SIMD path 'bogus'" in proc.stderr
+    proc = run(["info"], tmp_path, MULTIFD_ZERO_SIMD="bogus")
+    assert proc.returncode == 0
+    assert "SimdWarning" in one_line(proc)
+    strict = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+        cwd=tmp_path, env=_env(MULTIFD_ZERO_SIMD="bogus"),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert strict.returncode != 0  # who wants it fatal can have it so
+
+
+def test_import_from_an_unbuilt_checkout_says_what_to_run(tmp_path: Path) -> None:
+    """A source tree without the compiled module: one ImportError line with the fix."""
+    source = Path(mz.__file__).parent
+    shutil.copytree(source, tmp_path / "multifd_zero",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", "import multifd_zero"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: multifd_zero's compiled kernels are not built")
+    assert "pip install -e ." in last
+
+
+def _interrupt_on_terminal(args: list[str], ready: bytes, cwd: Path) -> tuple[int, str]:
+    """Run the command on a pseudo-terminal, Ctrl-C it once it printed ``ready``.
+
+    SIGINT goes to the command's whole process group, as a terminal sends it;
+    then the group must be empty (nothing left running).
+    """
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "multifd_zero", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+        cwd=cwd, env=_env(), start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    while ready not in seen:  # bounded by the command: it prints ready or exits
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert ready in seen, seen
+    os.killpg(proc.pid, signal.SIGINT)
+    status = proc.wait(timeout=120)
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # no child of the command survived it
+    return status, seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("args", "ready"),
+    [
+        (["demo", "--size-mib", "8", "--rounds", "1000000"], b"demo: migrating"),
+        (["migrate", "--size-mib", "8", "--rounds", "1000000", "--no-progress"], b"migrate: 8 MiB"),
+        (["bench", "--region-mib", "8", "--repeats", "100000"], b"bench: measuring"),
+    ],
+    ids=["demo", "migrate", "bench"],
+)
+def test_ctrl_c_is_one_line_and_130(tmp_path: Path, args: list[str], ready: bytes) -> None:
+    status, terminal = _interrupt_on_terminal(args, ready, tmp_path)
+    assert status == 130, terminal
+    lines = [line for line in terminal.replace("\r", "\n").splitlines() if line.strip()]
+    assert "Traceback" not in terminal
+    assert lines[-1] == f"multifd-zero {args[0]}: interrupted", terminal
+    assert len(lines) == 2, terminal  # the ready line and the interrupted line
