@@ -51,7 +51,7 @@ _MAGICS: tuple[tuple[int, bytes, str, str], ...] = (
     (0, b"WithoutFreeSpace", "a Parallels disk image", _RAW_HINT),
     (0, b"WithouFreSpacExt", "a Parallels disk image", _RAW_HINT),
     (0, b"Bochs Virtual HD Image", "a Bochs disk image", _RAW_HINT),
-    (0, b"LUKS\xba\xbe", "a LUKS encrypted volume", "open it (cryptsetup open) and scan the mapper device"),
+    (0, b"LUKS\xba\xbe", "a LUKS volume", "cryptsetup open it and scan the mapper device"),
     (0, b"KDUMP   ", "a kdump-compressed dump", _DUMP_HINT),
     (0, b"DISKDUMP", "a diskdump-compressed dump", _DUMP_HINT),
     (0, b"makedumpfile", "a flattened makedumpfile dump", _DUMP_HINT),

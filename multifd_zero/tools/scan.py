@@ -88,7 +88,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-
 import numpy.typing as npt
 
 from .. import _kernels
@@ -300,7 +299,7 @@ class Extent:
         return entry
 
 
-class _Shrank(Exception):
+class _ShrankError(Exception):
     """Raised inside a scan when the file ended before its size."""
 
 
@@ -332,7 +331,7 @@ class _Counter:
         if mapped:
             mask = _kernels.mapped_page_mask(view, ps)
             if mask is None:
-                raise _Shrank
+                raise _ShrankError
         else:
             full = len(view) - len(view) % ps
             with view[:full] as head:
@@ -535,7 +534,9 @@ def scan_file(
         raise ValueError(f"method must be one of {', '.join(_METHODS)}, not {method!r}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive int, got {window!r}")
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 0):
+    if length is not None and (
+        isinstance(length, bool) or not isinstance(length, int) or length < 0
+    ):
         raise ValueError(f"length must be an int of at least 0, got {length!r}")
     window = max(window // ps, 1) * ps
     name = os.fspath(path)
@@ -578,7 +579,7 @@ def scan_file(
                 scanned = size
             else:
                 scanned = _scan_read(fd, counter, size, length, name)
-        except _Shrank:
+        except _ShrankError:
             raise FileChangedError(
                 errno.EIO, "the file shrank while it was read (changed under the scan)", name
             ) from None
@@ -730,7 +731,7 @@ def _check_mapped(fd: int, offset: int, length: int, counter: _Counter) -> None:
     try:
         mapped = mmap.mmap(fd, offset - base + length, access=mmap.ACCESS_READ, offset=base)
     except ValueError:  # "mmap length is greater than file size": it shrank
-        raise _Shrank from None
+        raise _ShrankError from None
     try:
         with memoryview(mapped) as view, view[offset - base :] as piece:
             counter.check(piece, mapped=True)
@@ -764,7 +765,7 @@ def _scan_segment(
         first = bytearray(ps)
         part = os.pread(fd, min(ps - lead, left), offset)
         if len(part) < min(ps - lead, left):
-            raise _Shrank
+            raise _ShrankError
         first[lead : lead + len(part)] = part
         with memoryview(first) as view:
             counter.delta = None
@@ -779,7 +780,7 @@ def _scan_segment(
         else:
             with memoryview(buf) as view, view[:length] as piece:
                 if os.preadv(fd, [piece], offset) != length:
-                    raise _Shrank
+                    raise _ShrankError
                 counter.check(piece)
         offset, left = offset + length, left - length
     checked = -(-(lead + segment.filesz) // ps) * ps if segment.filesz else 0
@@ -787,7 +788,9 @@ def _scan_segment(
     counter.hole(lead + segment.memsz - checked)  # the zeros past the file's part
 
 
-def _scan_read(fd: int, counter: _Counter, size: int | None, length: int | None, name: str) -> int:
+def _scan_read(
+    fd: int, counter: _Counter, size: int | None, length: int | None, name: str
+) -> int:
     """Read ``fd`` to its end (or ``length``) in whole chunks; return the bytes read.
 
     With a known ``size`` (a regular file or a device), ending before it means
@@ -818,6 +821,6 @@ def _scan_read(fd: int, counter: _Counter, size: int | None, length: int | None,
                 total += filled
             if filled < want:
                 if size:
-                    raise _Shrank
+                    raise _ShrankError
                 return total
     return total

@@ -104,7 +104,8 @@ def _runs(mask: npt.NDArray[np.bool_], value: bool) -> list[tuple[int, int]]:
     """``(first, end)`` page indexes of the runs of ``value`` in ``mask``."""
     padded = np.concatenate(([not value], mask, [not value]))
     edges = np.flatnonzero(padded[1:] != padded[:-1])
-    pairs: list[tuple[int, int]] = list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+    firsts, ends = edges[0::2].tolist(), edges[1::2].tolist()
+    pairs: list[tuple[int, int]] = list(zip(firsts, ends, strict=True))
     return pairs
 
 

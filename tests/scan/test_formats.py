@@ -111,7 +111,7 @@ def test_elf_unaligned_and_truncated(tmp_path: Path) -> None:
     assert (r.pages, r.zero_pages) == (2, 1)  # guest page 1 holds the 1; page 2 is zero
     with dump.open("r+b") as f:
         f.truncate(0x480 + 10)
-    with pytest.raises(FileFormatError, match="does not fit in the file.*truncated dump"):
+    with pytest.raises(FileFormatError, match=r"does not fit in the file.*truncated dump"):
         scan_file(dump)
     proc = cli(["scan", str(dump)], tmp_path)
     assert proc.returncode == 1
@@ -130,7 +130,9 @@ CONTAINERS = [
 ]
 
 
-@pytest.mark.parametrize(("at", "magic", "what", "hint"), CONTAINERS, ids=[c[2] for c in CONTAINERS])
+@pytest.mark.parametrize(
+    ("at", "magic", "what", "hint"), CONTAINERS, ids=[c[2] for c in CONTAINERS]
+)
 def test_containers_are_refused_with_a_hint(
     tmp_path: Path, at: int, magic: bytes, what: str, hint: str
 ) -> None:
