@@ -209,7 +209,9 @@ def _interrupt_on_terminal(args: list[str], ready: bytes, cwd: Path) -> tuple[in
     )  # fmt: skip
     os.close(slave)
     seen = b""
-    while ready not in seen:  # bounded by the command: it prints ready or exits
+    # The whole ready line, newline included: a SIGINT inside that print would
+    # cut it short. Bounded by the command: it prints the line or exits.
+    while ready not in seen or b"\n" not in seen[seen.index(ready) :]:
         try:
             chunk = os.read(master, 4096)
         except OSError:
