@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +34,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _columns() -> int:
-    try:
-        return os.get_terminal_size().columns - 2
-    except OSError:
-        return 78
+    return shutil.get_terminal_size().columns - 2  # COLUMNS, then the terminal, then 80
 
 
 def size(text: str) -> int:

@@ -408,7 +408,7 @@ def scan_buffer(
     progress : callable, optional
         Called with the number of bytes just checked, once per window.
     name : str, default "<buffer>"
-        Stored as :attr:`ScanResult.path`.
+        Stored as ``ScanResult.path``.
 
     Returns
     -------
@@ -491,7 +491,7 @@ def scan_file(
         Scan at most this many bytes of a raw file. Required for a character
         device (``/dev/zero`` never ends).
     extents : bool, default False
-        Also return the runs of zero and data pages (:attr:`ScanResult.extents`).
+        Also return the runs of zero and data pages (``ScanResult.extents``).
 
     Returns
     -------
@@ -515,7 +515,7 @@ def scan_file(
     -----
     A mapped file that shrinks while it is scanned would end the process with
     SIGBUS when a page past its new end is touched; every mapped window is
-    checked under a SIGBUS guard (:func:`multifd_zero._kernels.mapped_page_mask`),
+    checked under a SIGBUS guard (``multifd_zero._kernels.mapped_page_mask``),
     so a shrinking file raises :class:`~multifd_zero.errors.FileChangedError`
     with both methods.
 

@@ -9,7 +9,7 @@ SIGBUS guard (a source that shrinks is a
 (``SEEK_DATA``/``SEEK_HOLE``) are skipped unread. A copy writes only the
 data pages, with ``pwrite`` straight from the mapping, into a file truncated
 to the source's size; in place, each run of zero pages is one
-``fallocate(PUNCH_HOLE | KEEP_SIZE)`` (:func:`multifd_zero._kernels.punch_hole`).
+``fallocate(PUNCH_HOLE | KEEP_SIZE)`` (``multifd_zero._kernels.punch_hole``).
 
 The unit is the page (``page_size``, 4 KiB by default, the block size of
 most file systems): a page is a hole afterwards exactly when all its bytes
