@@ -182,8 +182,11 @@ def sparsify(
                     f"{dst_name}: the destination is the source; use in-place mode instead"
                 )
             dst = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            _regular(dst, dst_name)
-            os.ftruncate(dst, 0)
+            if _regular(dst, dst_name).st_size:
+                # Only a file that had contents: on ext4 a truncation to 0 makes
+                # close() write the new file back at once (auto_da_alloc), as
+                # it does for cp onto an existing file.
+                os.ftruncate(dst, 0)
             os.ftruncate(dst, info.st_size)
         start = time.perf_counter()
         counts = _Sparsifier(src, dst, ps, progress, src_name).run(info.st_size)
