@@ -32,6 +32,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, width=min(80, _columns()), max_help_position=28)
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        # Switches (False) and options without one (None) have no default to show,
+        # and a help text that explains its default keeps its own words.
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
 
 def _columns() -> int:
     return shutil.get_terminal_size().columns - 2  # COLUMNS, then the terminal, then 80

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument(
         "--region-mib", type=positive, default=1024, metavar="MIB", help="out-of-cache region"
     )
-    bench.add_argument("--repeats", type=positive, default=7, help="runs per median")
+    bench.add_argument("--repeats", type=positive, default=7, help="runs per median", metavar="N")
     bench.add_argument("--quick", action="store_true", help="small sizes: check that it runs")
     bench.add_argument(
         "--json",

@@ -142,14 +142,24 @@ def register(subparsers: Any) -> None:
         ),
     )
     demo.add_argument("--size-mib", type=size_mib, default=256, metavar="MIB", help="RAM size")
-    demo.add_argument("--page-size", type=page_size, default=4096, help="target page size")
-    demo.add_argument("--zero-ratio", type=ratio, default=0.5, help="share of zero pages")
-    demo.add_argument("--seed", type=random_seed, default=0, help="random seed")
-    demo.add_argument("--rounds", type=positive, default=2, help="dirty rounds")
     demo.add_argument(
-        "--dirty-ratio", type=ratio, default=0.1, help="share of pages dirtied per round"
+        "--page-size", type=page_size, default=4096, help="target page size", metavar="SIZE"
     )
-    demo.add_argument("--channels", type=engine_channels, default=2, help="multifd channels")
+    demo.add_argument(
+        "--zero-ratio", type=ratio, default=0.5, help="share of zero pages", metavar="R"
+    )
+    demo.add_argument("--seed", type=random_seed, default=0, help="random seed", metavar="N")
+    demo.add_argument("--rounds", type=positive, default=2, help="dirty rounds", metavar="N")
+    demo.add_argument(
+        "--dirty-ratio",
+        type=ratio,
+        default=0.1,
+        help="share of pages dirtied per round",
+        metavar="R",
+    )
+    demo.add_argument(
+        "--channels", type=engine_channels, default=2, help="multifd channels", metavar="N"
+    )
     add_migration_options(demo)
     add_json_option(demo)
     demo.set_defaults(run=run)

@@ -65,22 +65,39 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     source.add_argument(
         "--size-mib", type=size_mib, default=256, metavar="MIB", help="synthetic RAM size"
     )
-    source.add_argument("--zero-ratio", type=ratio, default=0.5, help="synthetic zero pages")
-    source.add_argument("--seed", type=random_seed, default=0, help="random seed")
-    source.add_argument("--page-size", type=_page_size, default=4096, help="target page size")
+    source.add_argument(
+        "--zero-ratio", type=ratio, default=0.5, help="synthetic zero pages", metavar="R"
+    )
+    source.add_argument("--seed", type=random_seed, default=0, help="random seed", metavar="N")
+    source.add_argument(
+        "--page-size", type=_page_size, default=4096, help="target page size", metavar="SIZE"
+    )
     mig = parser.add_argument_group("migration")
     mig.add_argument("--transport", choices=TRANSPORTS, default="tcp", help="channel transport")
-    mig.add_argument("--channels", type=engine_channels, default=2, help="multifd channels")
     mig.add_argument(
-        "--page-count", type=page_count, help="pages per packet (default: 512 KiB worth)"
+        "--channels", type=engine_channels, default=2, help="multifd channels", metavar="N"
+    )
+    mig.add_argument(
+        "--page-count",
+        type=page_count,
+        help="pages per packet (default: 512 KiB worth)",
+        metavar="N",
     )
     add_migration_options(mig)
-    mig.add_argument("--rounds", type=positive, default=3, help="rounds")
+    mig.add_argument("--rounds", type=positive, default=3, help="rounds", metavar="N")
     mig.add_argument(
-        "--dirty-ratio", type=ratio, default=0.05, help="share of pages dirtied per round"
+        "--dirty-ratio",
+        type=ratio,
+        default=0.05,
+        help="share of pages dirtied per round",
+        metavar="R",
     )
     mig.add_argument(
-        "--timeout", type=seconds, default=60.0, help="seconds without progress before giving up"
+        "--timeout",
+        type=seconds,
+        default=60.0,
+        help="seconds without progress before giving up",
+        metavar="S",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")

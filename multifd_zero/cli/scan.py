@@ -63,7 +63,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "paths", nargs="+", metavar="PATH", help="files or devices to scan; - for stdin"
     )
     parser.add_argument(
-        "--page-size", type=page_size, default=4096, help="a power of two from 1K to 2M"
+        "--page-size",
+        type=page_size,
+        default=4096,
+        help="a power of two from 1K to 2M",
+        metavar="SIZE",
     )
     parser.add_argument(
         "--length",
@@ -71,9 +75,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="scan at most N bytes (e.g. 1G); needed for character devices such as /dev/zero",
     )
-    parser.add_argument(
-        "--map", action="store_true", help="also list the zero and data extents"
-    )
+    parser.add_argument("--map", action="store_true", help="also list the zero and data extents")
     parser.add_argument(
         "--method",
         choices=("auto", "mmap", "read"),
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             message = _describe(exc, path)
             errors.append({"path": path, "error": message})
-            print(f"{PROG}: {path}: {message}", file=sys.stderr)
+            print(f"{PROG}: error: {path}: {message}", file=sys.stderr)
             continue
         results.append(result)
         if not args.json:

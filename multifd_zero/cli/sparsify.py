@@ -35,7 +35,11 @@ def register(subparsers: Any) -> None:
         "--in-place", action="store_true", help="punch holes in SRC itself (no DST)"
     )
     parser.add_argument(
-        "--page-size", type=page_size, default=4096, help="the unit of the zero check"
+        "--page-size",
+        type=page_size,
+        default=4096,
+        help="the unit of the zero check",
+        metavar="SIZE",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_option(parser)

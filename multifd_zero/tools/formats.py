@@ -76,9 +76,7 @@ def sniff(head: bytes, path: str) -> str:
     """
     for offset, magic, what, hint in _MAGICS:
         if head[offset : offset + len(magic)] == magic:
-            raise FileFormatError(
-                f"{path}: {what}, not raw memory; {hint.format(path=path)}"
-            )
+            raise FileFormatError(f"{path}: {what}, not raw memory; {hint.format(path=path)}")
     if head[:4] == _ELF_MAGIC:
         if len(head) < 20:
             raise FileFormatError(f"{path}: a truncated ELF header")

@@ -265,7 +265,6 @@ class ScanResult:
         }
 
 
-
 @dataclass(frozen=True)
 class Extent:
     """A run of zero or data pages, shaped like one entry of ``qemu-img map --output=json``.
@@ -788,9 +787,7 @@ def _scan_segment(
     counter.hole(lead + segment.memsz - checked)  # the zeros past the file's part
 
 
-def _scan_read(
-    fd: int, counter: _Counter, size: int | None, length: int | None, name: str
-) -> int:
+def _scan_read(fd: int, counter: _Counter, size: int | None, length: int | None, name: str) -> int:
     """Read ``fd`` to its end (or ``length``) in whole chunks; return the bytes read.
 
     With a known ``size`` (a regular file or a device), ending before it means

@@ -115,7 +115,7 @@ def test_failed_runs_exit_1_in_one_line(tmp_path: Path) -> None:
     assert one_line(proc) == f"multifd-zero sparsify: error: {missing}: No such file or directory"
     proc = run(["scan", str(missing)], tmp_path)
     assert proc.returncode == 1
-    assert one_line(proc) == f"multifd-zero scan: {missing}: No such file or directory"
+    assert one_line(proc) == f"multifd-zero scan: error: {missing}: No such file or directory"
     proc = run(["scan", "/dev/stdin"], tmp_path)  # stdin is /dev/null: a character device
     assert proc.returncode == 1
     line = one_line(proc)

@@ -142,7 +142,7 @@ def test_containers_are_refused_with_a_hint(
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(f"multifd-zero scan: {path}: {what}, not raw memory; ")
+    assert line.startswith(f"multifd-zero scan: error: {path}: {what}, not raw memory; ")
     assert hint in line and line.count(str(path)) >= 1
 
 
@@ -170,7 +170,7 @@ def test_stdin_and_unbounded_devices(tmp_path: Path) -> None:
     proc = cli(["scan", "/dev/zero"], tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (
-        "multifd-zero scan: /dev/zero: a character device has no end; give the length to "
+        "multifd-zero scan: error: /dev/zero: a character device has no end; give the length to "
         "scan (--length on the command line)"
     )
     proc = cli(["scan", "--json", "--length", "1M", "/dev/zero"], tmp_path)

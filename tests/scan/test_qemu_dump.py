@@ -98,5 +98,5 @@ def test_kdump_and_migration_stream_from_qemu_are_refused(tmp_path: Path) -> Non
                               timeout=120, check=False)  # fmt: skip
         assert proc.returncode == 1, (path, proc.stderr)
         (line,) = proc.stderr.strip().splitlines()
-        assert line.startswith(f"multifd-zero scan: {path}: {what}, not raw memory; "), line
+        assert line.startswith(f"multifd-zero scan: error: {path}: {what}, not raw memory; "), line
         assert hint in line

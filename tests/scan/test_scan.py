@@ -506,9 +506,9 @@ def test_cli_errors(images: tuple[Path, Path, bytes, bytes], tmp_path: Path) -> 
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines == [
-        f"multifd-zero scan: {missing}: No such file or directory",
-        f"multifd-zero scan: {tmp_path}: Is a directory",
-        "multifd-zero scan: /proc/self/mem: Input/output error",
+        f"multifd-zero scan: error: {missing}: No such file or directory",
+        f"multifd-zero scan: error: {tmp_path}: Is a directory",
+        "multifd-zero scan: error: /proc/self/mem: Input/output error",
     ]
     assert str(pa) in proc.stdout  # the good one was scanned
 
@@ -566,7 +566,7 @@ def test_cli_unreadable(images: tuple[Path, Path, bytes, bytes], tmp_path: Path)
     if prefix and proc.stderr.startswith("setpriv:"):
         pytest.skip(f"setpriv cannot drop the capabilities here: {proc.stderr.strip()}")
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip() == f"multifd-zero scan: {secret}: Permission denied"
+    assert proc.stderr.strip() == f"multifd-zero scan: error: {secret}: Permission denied"
     assert str(images[0]) in proc.stdout
 
 
