@@ -45,3 +45,11 @@ cdef extern from "csrc/file_guard.h" nogil:
         const mfz_path *path, const uint8_t *buf, size_t length, size_t ps, uint8_t *out
     )
     int mfz_punch_hole(int fd, int64_t offset, int64_t length)
+    int mfz_write_data_runs(
+        int fd, const uint8_t *buf, size_t length, size_t ps, const uint8_t *zero,
+        int64_t file_offset, uint64_t *written
+    )
+    int mfz_punch_zero_runs(
+        int fd, size_t length, size_t ps, const uint8_t *zero, int64_t file_offset,
+        uint64_t *punched
+    )
