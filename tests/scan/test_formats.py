@@ -7,6 +7,7 @@ the exit status and the one line printed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -325,3 +326,35 @@ def test_a_file_that_shrinks_is_an_error_not_sigbus(tmp_path: Path, how: str, wh
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert proc.stdout.startswith("FileChangedError "), proc.stdout
     assert "shrank" in proc.stdout and str(path) in proc.stdout
+
+
+def test_file_kernels_refuse_bad_arguments(tmp_path: Path) -> None:
+    """The compiled write/punch loops check everything before any system call."""
+    from multifd_zero import _kernels
+
+    path = tmp_path / "f"
+    path.write_bytes(b"\1" * 3 * PS)
+    mask = np.array([False, True, False])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="not one per page"):
+            _kernels.write_data_pages(fd, bytes(2 * PS), mask)
+        with pytest.raises(TypeError, match="numpy bool array"):
+            _kernels.punch_zero_pages(fd, [True], PS)
+        with pytest.raises(ValueError, match="fd must be from 0"):
+            _kernels.punch_zero_pages(-1, mask, 3 * PS)
+        with pytest.raises(ValueError, match="file_offset must be from 0"):
+            _kernels.write_data_pages(fd, bytes(3 * PS), mask, file_offset=-4096)
+        with pytest.raises(TypeError):
+            _kernels.punch_hole(fd, 0, 1.5)
+        with pytest.raises(OSError) as info:  # read-only: EBADF, nothing changed
+            _kernels.punch_zero_pages(fd, mask, 3 * PS)
+        assert info.value.errno == errno.EBADF
+        with pytest.raises(OSError) as info:
+            _kernels.write_data_pages(fd, bytes(3 * PS), mask)
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\1" * 3 * PS
+    assert _kernels.mapped_page_mask(b"") is not None
+    assert _kernels.write_data_pages(0, b"", np.zeros(0, dtype=bool)) == 0
