@@ -92,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a closed pipe is handled below
         return status
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        # On a terminal, first erase what a progress bar may have left on the line.
+        start = "\r\033[K" if sys.stderr.isatty() else ""
+        print(f"{start}{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader left (``... | head``): stop quietly, as other tools do.
