@@ -22,7 +22,7 @@ CSRC = [
     f"multifd_zero/csrc/{header}.h"
     for header in (
         "platform", "zero_check", "page_check", "batch", "offsets", "bitmap", "zero_store",
-        "dispatch", "read_limit",
+        "dispatch", "read_limit", "file_guard",
     )
 ]
 

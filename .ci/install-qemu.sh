@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install QEMU 10 (Debian's qemu-system-x86 from bookworm-backports) for the
-# tests that use a real QEMU as the peer. Debian 12 itself ships QEMU 7.2,
+# tests that use a real QEMU as the peer, and qemu-img (qemu-utils) for the
+# scan tests that refuse real disk images. Debian 12 itself ships QEMU 7.2,
 # whose multifd has no zero-page detection.
 #
 # The bookworm-backports entry is derived from the system's own Debian entry
@@ -12,6 +13,7 @@ set -euo pipefail
 want_major=10
 have_major() {
     command -v qemu-system-x86_64 >/dev/null 2>&1 || return 1
+    command -v qemu-img >/dev/null 2>&1 || return 1
     local v
     v="$(qemu-system-x86_64 --version | head -n 1 | sed -nE 's/.*version ([0-9]+)\..*/\1/p')"
     [ -n "$v" ] && [ "$v" -ge "$want_major" ]
@@ -69,7 +71,7 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 "${as_root[@]}" apt-get update
-"${as_root[@]}" apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86
+"${as_root[@]}" apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
 if ! have_major; then
     echo "install-qemu: installed $(qemu-system-x86_64 --version | head -n 1), need >= $want_major" >&2
     exit 1

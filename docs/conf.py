@@ -12,6 +12,7 @@ build needs no network: intersphinx is off unless the environment variable
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -41,6 +42,9 @@ extensions = [
 ]
 
 source_suffix = {".rst": "restructuredtext"}
+# Literal blocks (``::``) are text diagrams and output, not Python: Python
+# examples say so (doctest blocks and ``code-block:: python``).
+highlight_language = "text"
 root_doc = "index"
 exclude_patterns = ["_build"]
 templates_path: list[str] = []
@@ -79,6 +83,9 @@ from multifd_zero.migration.source import *
 from multifd_zero.migration.destination import *
 from multifd_zero.migration.shm import *
 from multifd_zero.snapshot import *
+from multifd_zero.tools.scan import *
+from multifd_zero.tools.formats import *
+from multifd_zero.tools.sparsify import *
 from multifd_zero.wire.savevm import *
 """
 doctest_test_doctest_blocks = "default"
@@ -142,6 +149,37 @@ def _literal(text: str) -> nodes.literal_block:
     block = nodes.literal_block(text, text)
     block["language"] = "text"
     return block
+
+
+def _pictures() -> object:
+    """``docs/zero_page_pictures.py``, loaded by path (the docs folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "zero_page_pictures", Path(__file__).with_name("zero_page_pictures.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class ZeroPagePicture(SphinxDirective):
+    """``.. zero-page-picture:: source`` (or ``destination``): an SVG drawn at build time.
+
+    ``zero_page_pictures.py`` runs the library on a small block and draws what
+    came out, so the picture shows what the code does; the SVG goes inline into
+    the HTML (builders other than HTML leave it out).
+    """
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        drawings: dict[str, object] = _pictures().PICTURES  # type: ignore[attr-defined]
+        name = self.arguments[0]
+        if name not in drawings:
+            raise self.error(f"zero-page-picture: {name!r} is not one of {sorted(drawings)}")
+        svg = drawings[name]()  # type: ignore[operator]
+        html = f'<figure class="zero-page-picture">{svg}</figure>'
+        return [nodes.raw("", html, format="html")]
 
 
 class CliHelp(SphinxDirective):
@@ -221,6 +259,7 @@ def _resolve_short_names(
 
 def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("cli-help", CliHelp)
+    app.add_directive("zero-page-picture", ZeroPagePicture)
     app.connect("autodoc-process-docstring", _keep_property_first_line, priority=400)
     app.connect("env-check-consistency", _check_api_complete)
     app.connect("missing-reference", _resolve_short_names)

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Declarations of the C kernels in csrc/, for the .pyx modules that call them."""
 
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 
 cdef extern from "csrc/dispatch.h" nogil:
@@ -38,3 +38,18 @@ cdef extern from "csrc/dispatch.h" nogil:
 
     void mfz_store_fence()
 
+
+
+cdef extern from "csrc/file_guard.h" nogil:
+    int mfz_guarded_pages(
+        const mfz_path *path, const uint8_t *buf, size_t length, size_t ps, uint8_t *out
+    )
+    int mfz_punch_hole(int fd, int64_t offset, int64_t length)
+    int mfz_write_data_runs(
+        int fd, const uint8_t *buf, size_t length, size_t ps, const uint8_t *zero,
+        int64_t file_offset, uint64_t *written
+    )
+    int mfz_punch_zero_runs(
+        int fd, size_t length, size_t ps, const uint8_t *zero, int64_t file_offset,
+        uint64_t *punched
+    )

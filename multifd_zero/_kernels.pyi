@@ -112,3 +112,21 @@ def get_simd() -> str: ...
 def set_simd(name: str) -> str: ...
 
 __test__: dict[str, str]
+def mapped_page_mask(
+    buf: _ReadableBuffer, page_size: SupportsIndex = 4096
+) -> npt.NDArray[np.bool_] | None: ...
+def punch_hole(fd: SupportsIndex, offset: SupportsIndex, length: SupportsIndex) -> None: ...
+def write_data_pages(
+    fd: SupportsIndex,
+    buf: _ReadableBuffer,
+    mask: npt.NDArray[np.bool_],
+    page_size: SupportsIndex = 4096,
+    file_offset: SupportsIndex = 0,
+) -> int: ...
+def punch_zero_pages(
+    fd: SupportsIndex,
+    mask: npt.NDArray[np.bool_],
+    length: SupportsIndex,
+    page_size: SupportsIndex = 4096,
+    file_offset: SupportsIndex = 0,
+) -> int: ...

@@ -33,6 +33,7 @@ from multifd_zero._csrc cimport (
     mfz_bit_set,
     mfz_bit_test,
     mfz_count_nonzero,
+    mfz_guarded_pages,
     mfz_is_zero,
     mfz_offsets_ok,
     mfz_path,
@@ -40,11 +41,15 @@ from multifd_zero._csrc cimport (
     mfz_path_supported,
     mfz_paths,
     mfz_popcount64,
+    mfz_punch_hole,
+    mfz_punch_zero_runs,
     mfz_select,
     mfz_store_fence,
+    mfz_write_data_runs,
 )
 
 import operator
+import os
 
 import numpy as np
 
@@ -588,6 +593,198 @@ def zero_page_mask(buf, page_size=4096):
     finally:
         _end(&c)
     return mask
+
+
+def mapped_page_mask(buf, page_size=4096):
+    """Return one bool per page of a mapped file window, or None if the file shrank.
+
+    Like :func:`zero_page_mask`, but the length need not be a multiple of
+    ``page_size`` (the last page may be partial, checked on its bytes), and
+    the check runs with a SIGBUS guard: touching a page that a truncation
+    removed from under the mapping returns None instead of ending the process.
+
+    Parameters
+    ----------
+    buf : buffer
+        C-contiguous, typically a memoryview of an ``mmap`` of a file.
+    page_size : int, default 4096
+        A power of two from 1 KiB to 2 MiB.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``bool`` array of ``ceil(len(buf) / page_size)`` entries; None when
+        the mapped file shrank during the check.
+
+    Examples
+    --------
+    >>> mapped_page_mask(bytes(4096) + b"\\1").tolist()
+    [True, False]
+    """
+    cdef const mfz_path *path = mfz_path_now()
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef _Call c
+    cdef Py_buffer *view
+    cdef Py_ssize_t n
+    cdef uint8_t *out
+    cdef int failed = 0
+    _begin(&c)
+    try:
+        view = _acquire(&c, buf, _READ, "buf")
+        n = (view.len + ps - 1) // ps
+        mask = np.empty(n, dtype=_BOOL)
+        out = _array_data(mask)
+        with nogil:
+            failed = mfz_guarded_pages(path, <const uint8_t *>view.buf, view.len, ps, out)
+    finally:
+        _end(&c)
+    return None if failed else mask
+
+
+def punch_hole(fd, offset, length):
+    """Deallocate ``length`` bytes of the file ``fd`` from ``offset``; its size stays.
+
+    ``fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+    length)``, with the GIL released: the range reads as zeros afterwards and
+    its blocks are freed (a partial block at either end is zeroed instead).
+
+    Parameters
+    ----------
+    fd : int
+        A file descriptor open for writing.
+    offset, length : int
+        Bytes, at least 0 (a length of 0 does nothing).
+
+    Raises
+    ------
+    OSError
+        The file system cannot punch holes (``EOPNOTSUPP``), ``fd`` is not
+        open for writing (``EBADF``), or the platform has no ``fallocate``
+        (``ENOSYS``, not Linux).
+    TypeError, ValueError
+        A non-int or negative argument.
+    """
+    cdef int cfd
+    cdef int64_t off, n
+    cdef int err = 0
+    for name, value, high in (("fd", fd, 2**31 - 1), ("offset", offset, 2**63 - 1),
+                              ("length", length, 2**63 - 1)):
+        if not 0 <= _as_int(value, name) <= high:
+            raise ValueError(f"{name} must be from 0 to {high}, got {value}")
+    cfd, off, n = operator.index(fd), operator.index(offset), operator.index(length)
+    if n == 0:
+        return
+    with nogil:
+        err = mfz_punch_hole(cfd, off, n)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+cdef int64_t _file_offset(object value, str name) except -1:
+    if not 0 <= _as_int(value, name) <= 2**63 - 1:
+        raise ValueError(f"{name} must be from 0 to {2**63 - 1}, got {value}")
+    return operator.index(value)
+
+
+cdef int _file_descriptor(object fd) except -1:
+    if not 0 <= _as_int(fd, "fd") <= 2**31 - 1:
+        raise ValueError(f"fd must be from 0 to {2**31 - 1}, got {fd}")
+    return operator.index(fd)
+
+
+cdef const uint8_t *_window_flags(object mask, Py_ssize_t length, Py_ssize_t ps) except NULL:
+    """The bool mask's data, checked to hold one flag per page of ``length`` bytes."""
+    if not isinstance(mask, np.ndarray) or mask.dtype != _BOOL or mask.ndim != 1:
+        raise TypeError("mask must be a 1-D numpy bool array (from mapped_page_mask)")
+    if mask.shape[0] != (length + ps - 1) // ps:
+        raise ValueError(
+            f"mask has {mask.shape[0]} flags, not one per page of {length} bytes "
+            f"({(length + ps - 1) // ps})"
+        )
+    if not mask.flags.c_contiguous:
+        raise ValueError("mask must be C-contiguous")
+    if mask.shape[0] == 0:
+        return &_EMPTY_BYTE
+    return _array_data(mask)
+
+
+def write_data_pages(fd, buf, mask, page_size=4096, file_offset=0):
+    """``pwrite`` each run of data pages of ``buf`` to ``fd``; return the bytes written.
+
+    One ``pwrite`` per run of pages whose ``mask`` flag is False, at
+    ``file_offset`` plus the run's offset in ``buf``; zero pages are skipped
+    (they stay holes in a file truncated to its size first). The loop runs in
+    C without the GIL: a sparse copy makes a call per run, and there can be
+    one every other page.
+
+    Parameters
+    ----------
+    fd : int
+        The destination, open for writing.
+    buf : buffer
+        The window of the source (a memoryview of an ``mmap``), any length.
+    mask : numpy.ndarray
+        ``bool``, one flag per page of ``buf`` (the last page may be partial),
+        True for a zero page: what :func:`mapped_page_mask` returned.
+    page_size : int, default 4096
+    file_offset : int, default 0
+        Where ``buf`` starts in the destination.
+
+    Raises
+    ------
+    OSError
+        A write failed; ``EFAULT`` when ``buf`` maps a file that shrank.
+    TypeError, ValueError
+        Bad arguments, or a mask of the wrong length.
+    """
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef int cfd = _file_descriptor(fd)
+    cdef int64_t at = _file_offset(file_offset, "file_offset")
+    cdef _Call c
+    cdef Py_buffer *view
+    cdef const uint8_t *flags
+    cdef uint64_t written = 0
+    cdef int err = 0
+    _begin(&c)
+    try:
+        view = _acquire(&c, buf, _READ, "buf")
+        flags = _window_flags(mask, view.len, ps)
+        with nogil:
+            err = mfz_write_data_runs(
+                cfd, <const uint8_t *>view.buf, view.len, ps, flags, at, &written
+            )
+    finally:
+        _end(&c)
+    if err:
+        raise OSError(err, os.strerror(err))
+    return written
+
+
+def punch_zero_pages(fd, mask, length, page_size=4096, file_offset=0):
+    """Punch a hole in ``fd`` for each run of zero pages; return the holes punched.
+
+    One :func:`punch_hole` per run of pages whose ``mask`` flag is True, in a
+    window of ``length`` bytes at ``file_offset``, in C without the GIL.
+
+    Raises
+    ------
+    OSError
+        As :func:`punch_hole` (``EOPNOTSUPP`` where the file system has no holes).
+    TypeError, ValueError
+        Bad arguments, or a mask of the wrong length.
+    """
+    cdef Py_ssize_t ps = _check_page_size(page_size)
+    cdef int cfd = _file_descriptor(fd)
+    cdef int64_t at = _file_offset(file_offset, "file_offset")
+    cdef int64_t n = _file_offset(length, "length")
+    cdef const uint8_t *flags = _window_flags(mask, n, ps)
+    cdef uint64_t punched = 0
+    cdef int err = 0
+    with nogil:
+        err = mfz_punch_zero_runs(cfd, n, ps, flags, at, &punched)
+    if err:
+        raise OSError(err, os.strerror(err))
+    return punched
 
 
 # ------------------------------------------------------------ the source side

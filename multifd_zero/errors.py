@@ -18,6 +18,8 @@ from __future__ import annotations
 __all__ = [
     "BlockError",
     "CountError",
+    "FileChangedError",
+    "FileFormatError",
     "FlagsError",
     "HandshakeError",
     "MagicError",
@@ -27,6 +29,7 @@ __all__ = [
     "OffsetError",
     "PacketError",
     "ReservedError",
+    "SimdWarning",
     "SizeError",
     "SnapshotError",
     "StreamBlockError",
@@ -159,6 +162,18 @@ class StreamSectionError(StreamError):
 
 class UnsupportedStreamError(StreamError):
     """Valid QEMU data this library does not handle (postcopy, XBZRLE, mapped-ram...)."""
+
+
+class SimdWarning(RuntimeWarning):
+    """``MULTIFD_ZERO_SIMD`` names no zero-check path this CPU runs; it is ignored."""
+
+
+class FileChangedError(OSError):
+    """A file shrank (or was replaced) while it was read: its end came before its size."""
+
+
+class FileFormatError(ValueError):
+    """A file whose format cannot be read as memory (a qcow2 image, a kdump file...)."""
 
 
 class SnapshotError(ValueError):

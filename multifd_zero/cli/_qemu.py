@@ -33,7 +33,7 @@ def add_peer_options(parser: argparse.ArgumentParser, peer: str, qmp_does: str) 
         type=channel_count,
         default=2,
         metavar="N",
-        help=f"the {peer}'s multifd-channels; 0 when multifd is off (default 2)",
+        help=f"the {peer}'s multifd-channels; 0 when multifd is off",
     )
     parser.add_argument("--qmp", metavar="PATH", help=f"QMP socket of the {peer} QEMU: {qmp_does}")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -42,7 +42,7 @@ def add_peer_options(parser: argparse.ArgumentParser, peer: str, qmp_does: str) 
         type=seconds,
         default=60.0,
         metavar="S",
-        help="seconds any single wait may take (default 60)",
+        help="seconds any single wait may take",
     )
 
 

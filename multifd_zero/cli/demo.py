@@ -21,11 +21,15 @@ from ..options import MigrationOptions
 from ..ramblock import RAMBlock
 from ._argtypes import (
     MIB,
+    add_json_option,
     add_migration_options,
+    engine_channels,
     migration_options,
     page_size,
     positive,
+    random_seed,
     ratio,
+    size_mib,
     verify_line,
 )
 
@@ -137,17 +141,27 @@ def register(subparsers: Any) -> None:
             "that the destination equals the source, and print the stats and the throughput."
         ),
     )
-    demo.add_argument("--size-mib", type=positive, default=256, help="RAM size (default 256)")
-    demo.add_argument("--page-size", type=page_size, default=4096, help="target page size")
-    demo.add_argument("--zero-ratio", type=ratio, default=0.5, help="share of zero pages")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--rounds", type=positive, default=2, help="dirty rounds (default 2)")
+    demo.add_argument("--size-mib", type=size_mib, default=256, metavar="MIB", help="RAM size")
     demo.add_argument(
-        "--dirty-ratio", type=ratio, default=0.1, help="share of pages dirtied per round"
+        "--page-size", type=page_size, default=4096, help="target page size", metavar="SIZE"
     )
-    demo.add_argument("--channels", type=positive, default=2, help="multifd channels (default 2)")
+    demo.add_argument(
+        "--zero-ratio", type=ratio, default=0.5, help="share of zero pages", metavar="R"
+    )
+    demo.add_argument("--seed", type=random_seed, default=0, help="random seed", metavar="N")
+    demo.add_argument("--rounds", type=positive, default=2, help="dirty rounds", metavar="N")
+    demo.add_argument(
+        "--dirty-ratio",
+        type=ratio,
+        default=0.1,
+        help="share of pages dirtied per round",
+        metavar="R",
+    )
+    demo.add_argument(
+        "--channels", type=engine_channels, default=2, help="multifd channels", metavar="N"
+    )
     add_migration_options(demo)
-    demo.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(demo)
     demo.set_defaults(run=run)
 
 
@@ -177,6 +191,12 @@ def _print(result: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``demo`` command; 0 when the destination equals the source."""
+    if not args.json and sys.stderr.isatty():
+        print(
+            f"demo: migrating {args.size_mib} MiB over {args.channels} channel(s)...",
+            file=sys.stderr,
+            flush=True,
+        )
     result = run_demo(
         size=args.size_mib * MIB,
         page_size=args.page_size,

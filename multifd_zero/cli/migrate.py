@@ -16,8 +16,6 @@ import argparse
 import hashlib
 import importlib
 import json
-import mmap
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,10 +28,22 @@ from ..guest import dirty_rounds, make_guest_ram
 from ..migration.engine import MigrationResult, migrate
 from ..migration.transport import TRANSPORTS
 from ..ramblock import RAMBlock
-from ._argtypes import MIB, add_migration_options, migration_options, seconds, verify_line
+from ..tools.scan import read_image
+from ._argtypes import (
+    MIB,
+    add_json_option,
+    add_migration_options,
+    engine_channels,
+    migration_options,
+    page_count,
+    positive,
+    random_seed,
+    ratio,
+    seconds,
+    size_mib,
+    verify_line,
+)
 from ._argtypes import page_size as _page_size
-from ._argtypes import positive as _positive
-from ._argtypes import ratio as _ratio
 from ._tls import add_tls_options, tls_config
 
 __all__ = ["register", "run"]
@@ -54,33 +64,46 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     source = parser.add_argument_group("source memory")
     source.add_argument("--image", metavar="PATH", help="RAM image file (default: synthetic)")
     source.add_argument(
-        "--size-mib", type=_positive, default=256, help="synthetic RAM size (default 256)"
+        "--size-mib", type=size_mib, default=256, metavar="MIB", help="synthetic RAM size"
     )
     source.add_argument(
-        "--zero-ratio", type=_ratio, default=0.5, help="synthetic share of zero pages"
+        "--zero-ratio", type=ratio, default=0.5, help="synthetic zero pages", metavar="R"
     )
-    source.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    source.add_argument("--page-size", type=_page_size, default=4096, help="target page size")
+    source.add_argument("--seed", type=random_seed, default=0, help="random seed", metavar="N")
+    source.add_argument(
+        "--page-size", type=_page_size, default=4096, help="target page size", metavar="SIZE"
+    )
     mig = parser.add_argument_group("migration")
+    mig.add_argument("--transport", choices=TRANSPORTS, default="tcp", help="channel transport")
     mig.add_argument(
-        "--transport", choices=TRANSPORTS, default="tcp", help="channel transport (default tcp)"
+        "--channels", type=engine_channels, default=2, help="multifd channels", metavar="N"
     )
-    mig.add_argument("--channels", type=_positive, default=2, help="multifd channels (default 2)")
     mig.add_argument(
-        "--page-count", type=_positive, help="pages per packet (default: 512 KiB worth)"
+        "--page-count",
+        type=page_count,
+        help="pages per packet (default: 512 KiB worth)",
+        metavar="N",
     )
     add_migration_options(mig)
-    mig.add_argument("--rounds", type=_positive, default=3, help="rounds (default 3)")
+    mig.add_argument("--rounds", type=positive, default=3, help="rounds", metavar="N")
     mig.add_argument(
-        "--dirty-ratio", type=_ratio, default=0.05, help="share of pages dirtied per round"
+        "--dirty-ratio",
+        type=ratio,
+        default=0.05,
+        help="share of pages dirtied per round",
+        metavar="R",
     )
     mig.add_argument(
-        "--timeout", type=seconds, default=60.0, help="seconds without progress before giving up"
+        "--timeout",
+        type=seconds,
+        default=60.0,
+        help="seconds without progress before giving up",
+        metavar="S",
     )
     add_tls_options(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    out.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(out)
     parser.set_defaults(run=run)
     return parser
 
@@ -88,14 +111,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def _load_source(args: argparse.Namespace) -> tuple[Any, npt.NDArray[np.uint8]]:
     """The source memory (a private copy-on-write mapping of an image) and a numpy view."""
     if args.image:
-        size = os.path.getsize(args.image)
-        if size == 0 or size % args.page_size:
-            raise ValueError(
-                f"{args.image} holds {size} bytes, not a positive multiple of the page "
-                f"size {args.page_size}"
-            )
-        with open(args.image, "rb") as f:
-            memory: Any = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+        # Read, not mapped: a mapping of a file that shrinks ends the process with
+        # SIGBUS; a read of it is a short read, reported as an error.
+        memory: Any = read_image(args.image, args.page_size)
         return memory, np.frombuffer(memory, dtype=np.uint8)
     ram = make_guest_ram(
         args.size_mib * MIB, page_size=args.page_size, zero_ratio=args.zero_ratio, seed=args.seed
@@ -158,18 +176,21 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``migrate`` command; return the exit status.
 
     0: the destination's hash equals the source's; 1: it does not, or the
-    migration failed (the reason goes to stderr); 2: the source cannot be used.
+    migration failed, or the image cannot be read (the reason goes to stderr).
     """
-    try:
-        memory, ram = _load_source(args)
-        tls = tls_config(args, unix=args.transport == "unix")
-    except (OSError, ValueError) as exc:
-        print(f"multifd-zero migrate: error: {exc}", file=sys.stderr)
-        return 2
+    tls = tls_config(args, unix=args.transport == "unix")
+    memory, ram = _load_source(args)
     block = RAMBlock("pc.ram", memory, args.page_size)
     options = migration_options(args)
     show = not args.no_progress and not args.json and sys.stderr.isatty()
     progress, bar = _progress_bar(show)
+    if not args.json and sys.stderr.isatty():
+        print(
+            f"migrate: {block.used_length // MIB} MiB over {args.channels} channel(s), "
+            f"{args.transport}...",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         result = migrate(
             block,
@@ -186,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except (PacketError, MigrationError, OSError) as exc:
         print(
-            f"multifd-zero migrate: migration failed: {type(exc).__name__}: {exc}", file=sys.stderr
+            f"multifd-zero migrate: error: migration failed: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
         )
         return 1
     finally:

@@ -36,13 +36,13 @@ def register(subparsers: Any) -> None:
         "--zero-page-detection",
         choices=("multifd", "legacy", "none"),
         default="multifd",
-        help="how zero pages are announced, as a QEMU source would (default multifd)",
+        help="how zero pages are announced, as a QEMU source would",
     )
     parser.add_argument(
         "--uuid",
         default="0" * 32,
         metavar="HEX",
-        help="the destination's -uuid as 32 hex digits (default all zero)",
+        help="the destination's -uuid as 32 hex digits",
     )
     add_tls_options(parser)
     parser.set_defaults(run=run)

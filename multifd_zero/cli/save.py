@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
         "--listen",
         default="tcp:127.0.0.1:0",
         metavar="URI",
-        help="tcp:HOST:PORT or unix:PATH (default tcp:127.0.0.1:0, a free port)",
+        help="tcp:HOST:PORT or unix:PATH (port 0: a free port)",
     )
     add_peer_options(parser, "source", "set it up and start the migration")
     add_tls_options(parser)

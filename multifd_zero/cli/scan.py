@@ -1,12 +1,14 @@
 """The ``scan`` command: zero pages of files, block devices and memory dumps.
 
-``python -m multifd_zero scan PATH... [--page-size N] [--json] [--no-progress]``
+``multifd-zero scan PATH... [--page-size N] [--length N] [--map] [--json] [--no-progress]``
 
 Prints, for each path, the pages, the zero pages and their share, what the
 ``multifd``, ``legacy`` and ``none`` zero-page-detection modes (and a precopy
 migration without multifd) would put on the wire, and the scan speed; with
-several paths, a total as well. Paths that cannot be scanned are reported on
-stderr, the others are still scanned, and the exit status is then 2.
+several paths, a total as well; with ``--map``, the runs of zero and data
+pages. ``-`` reads standard input. Paths that cannot be scanned are reported
+on stderr in one line each, the others are still scanned, and the exit status
+is then 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from .. import _kernels
 from .._version import __version__
 from ..tools.scan import ScanMethod, ScanResult, scan_file
-from ._argtypes import page_size
+from ._argtypes import add_json_option, page_size, size
 
 __all__ = ["register", "run"]
 
@@ -51,23 +53,36 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "devices, memory dumps; any size, in constant memory) and estimate what "
             "QEMU's multifd, legacy and none zero-page detection would put on the "
             "wire. A trailing partial page counts as one page padded with zeros, as "
-            "QEMU rounds a RAM block up to whole pages."
+            "QEMU rounds a RAM block up to whole pages. ELF core dumps (dump-guest-memory, "
+            "virsh dump --memory-only) are scanned by guest physical address; disk images "
+            "(qcow2, vmdk...), kdump-compressed dumps and migration streams are refused "
+            "with a hint."
         ),
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or devices to scan")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="files or devices to scan; - for stdin"
+    )
     parser.add_argument(
         "--page-size",
         type=page_size,
         default=4096,
-        help="page size: a power of two from 1K to 2M, e.g. 4096 or 4K (default 4096)",
+        help="a power of two from 1K to 2M",
+        metavar="SIZE",
     )
+    parser.add_argument(
+        "--length",
+        type=size,
+        metavar="N",
+        help="scan at most N bytes (e.g. 1G); needed for character devices such as /dev/zero",
+    )
+    parser.add_argument("--map", action="store_true", help="also list the zero and data extents")
     parser.add_argument(
         "--method",
         choices=("auto", "mmap", "read"),
         default="auto",
-        help="mmap windows (skips holes) or sequential reads (default auto: mmap if possible)",
+        help="mmap windows (skips holes) or sequential reads; auto: mmap if possible",
     )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_option(parser)
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none when not a TTY)"
     )
@@ -76,44 +91,30 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``scan`` with parsed arguments; return the exit status (0, or 2 on errors)."""
-    try:
-        status = _run(args)
-        sys.stdout.flush()  # here, so that a closed pipe is handled below
-        return status
-    except BrokenPipeError:
-        # The reader left (``scan ... | head``): stop quietly, as other tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Run ``scan`` with parsed arguments; return the exit status (0, or 1 on errors)."""
     results: list[ScanResult] = []
     errors: list[dict[str, str]] = []
     show_progress = not args.no_progress and sys.stderr.isatty()
     for path in args.paths:
         try:
-            result = _scan_one(path, args.page_size, args.method, show_progress)
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
+            result = _scan_one(path, args, show_progress)
         except (OSError, ValueError) as exc:
-            message = _describe(exc)
+            message = _describe(exc, path)
             errors.append({"path": path, "error": message})
-            print(f"{PROG}: {path}: {message}", file=sys.stderr)
+            print(f"{PROG}: error: {path}: {message}", file=sys.stderr)
             continue
         results.append(result)
         if not args.json:
             _print_result(result)
+            if args.map:
+                _print_map(result)
     total = _total(results, args.page_size)
     if args.json:
         document = {
             "multifd_zero": __version__,
             "simd": _kernels.get_simd(),
             "page_size": args.page_size,
-            "files": [r.as_dict() for r in results],
+            "files": [_entry(r, args.map) for r in results],
             "total": total,
             "errors": errors,
         }
@@ -121,12 +122,35 @@ def _run(args: argparse.Namespace) -> int:
         print()
     elif len(results) > 1:
         _print_total(total)
-    return 2 if errors else 0
+    return 1 if errors else 0
 
 
-def _scan_one(path: str, page_size: int, method: ScanMethod, show_progress: bool) -> ScanResult:
+def _entry(result: ScanResult, with_map: bool) -> dict[str, Any]:
+    entry = result.as_dict()
+    if with_map and result.extents is not None:
+        entry["map"] = [e.as_dict() for e in result.extents]
+    return entry
+
+
+def _print_map(result: ScanResult) -> None:
+    assert result.extents is not None
+    print(f"  {'start':>18} {'length':>18}  {'':4}  {'file offset':>18}")
+    for e in result.extents:
+        offset = f"{e.offset:#18x}" if e.offset is not None else f"{'-':>18}"
+        kind = "zero" if e.zero else "data"
+        print(f"  {e.start:#18x} {e.length:#18x}  {kind}  {offset}")
+
+
+def _scan_one(path: str, args: argparse.Namespace, show_progress: bool) -> ScanResult:
+    method: ScanMethod = args.method
+    options: dict[str, Any] = {
+        "page_size": args.page_size,
+        "method": method,
+        "length": args.length,
+        "extents": args.map,
+    }
     if not show_progress:
-        return scan_file(path, page_size=page_size, method=method)
+        return scan_file(path, **options)
     # Imported by name: tqdm ships no type information, and its stubs are optional.
     tqdm: Any = importlib.import_module("tqdm").tqdm
     total = _size_hint(path)
@@ -141,7 +165,7 @@ def _scan_one(path: str, page_size: int, method: ScanMethod, show_progress: bool
         dynamic_ncols=True,
         file=sys.stderr,
     ) as bar:
-        return scan_file(path, page_size=page_size, method=method, progress=bar.update)
+        return scan_file(path, progress=bar.update, **options)
 
 
 def _size_hint(path: str) -> int | None:
@@ -162,10 +186,14 @@ def _size_hint(path: str) -> int | None:
     return None
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, path: str) -> str:
+    """The message without the path, which the line already starts with."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for name in (path, "<stdin>"):
+        text = text.removeprefix(f"{name}: ")
+    return text
 
 
 def _total(results: list[ScanResult], page_size: int) -> dict[str, Any]:
@@ -185,7 +213,7 @@ def _total(results: list[ScanResult], page_size: int) -> dict[str, Any]:
         "wire_bytes": wire,
         "bytes_read": sum(r.bytes_read for r in results),
         "seconds": seconds,
-        "gb_per_s": size / seconds / 1e9 if seconds > 0 else 0.0,
+        "gb_per_s": sum(r.bytes_read for r in results) / seconds / 1e9 if seconds > 0 else 0.0,
     }
 
 
@@ -230,8 +258,12 @@ def _print_result(r: ScanResult) -> None:
     _print_counts(
         r.pages, r.zero_pages, r.zero_ratio, r.wire_bytes, r.partial_page_bytes, r.page_size
     )
+    kind = "" if r.format == "raw" else f", {r.format} core dump by guest address"
+    if r.bytes_read == 0 and r.size:
+        print(f"  scanned in {r.seconds:.3f} s: holes only, nothing read ({r.method}{kind})")
+        return
     read = "" if r.bytes_read == r.size else f", {_human(r.bytes_read)} read, holes skipped"
-    print(f"  scanned in {r.seconds:.3f} s: {r.gb_per_s:.2f} GB/s ({r.method}{read})")
+    print(f"  scanned in {r.seconds:.3f} s: {r.gb_per_s:.2f} GB/s read ({r.method}{read}{kind})")
 
 
 def _print_total(total: dict[str, Any]) -> None:
@@ -244,4 +276,4 @@ def _print_total(total: dict[str, Any]) -> None:
         0,
         total["page_size"],
     )
-    print(f"  scanned in {total['seconds']:.3f} s: {total['gb_per_s']:.2f} GB/s")
+    print(f"  scanned in {total['seconds']:.3f} s: {total['gb_per_s']:.2f} GB/s read")

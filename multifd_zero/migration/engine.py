@@ -385,6 +385,9 @@ class _Run:
             self.source_report = sender.run(rounds)
         except BaseException as exc:
             source_error = exc
+            # Stop the destination now: it would wait its whole timeout for data
+            # that will not come (Ctrl-C in `demo` hung for two timeouts).
+            receiver.failure.fail(MigrationAbortedError("the source stopped"))
         thread.join(self.timeout)
         self.seconds = time.perf_counter() - start
         if thread.is_alive():  # pragma: no cover - every destination wait is bounded

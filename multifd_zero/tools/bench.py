@@ -243,16 +243,25 @@ def _threads_ns(fn: Callable[[int], object], nthreads: int, units: int, repeats:
         barrier = threading.Barrier(nthreads + 1)
 
         def work(i: int, barrier: threading.Barrier = barrier) -> None:
-            barrier.wait()
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                return  # the run was interrupted
             fn(i)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(nthreads)]
-        for t in threads:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
+        # Daemon threads and an aborted barrier: a Ctrl-C here must not leave
+        # threads waiting at the barrier, which would hold the interpreter's exit.
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(nthreads)]
+        try:
+            for t in threads:
+                t.start()
+            barrier.wait()
+            t0 = time.perf_counter()
+            for t in threads:
+                t.join()
+        except BaseException:
+            barrier.abort()
+            raise
         samples.append((time.perf_counter() - t0) / units * 1e9)
     return statistics.median(samples)
 

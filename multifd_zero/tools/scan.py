@@ -71,8 +71,8 @@ the main thread, so its multifd migrations are the ``legacy`` case.
 the overheads above (and, with multifd, pages that QEMU 7.2 sends twice
 through a race, but counts once).
 
-Units: ``gb_per_s`` is 10**9 bytes of the file (holes included) per second of
-wall time.
+Units: ``gb_per_s`` is 10**9 bytes read (holes, which are not read, left
+out) per second of wall time.
 """
 
 from __future__ import annotations
@@ -88,9 +88,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import _kernels
+from ..errors import FileChangedError, FileFormatError
 from ..pages import multifd_ram_page_count
+from .formats import SNIFF_BYTES, LoadSegment, elf_segments, sniff
 
 __all__ = [
     "HOLE_MERGE_BYTES",
@@ -98,10 +101,13 @@ __all__ = [
     "MULTIFD_PACKET_HEADER_BYTES",
     "PAGE_HEADER_BYTES",
     "READ_CHUNK_BYTES",
+    "STDIN",
     "WINDOW_BYTES",
+    "Extent",
     "ScanMethod",
     "ScanResult",
     "multifd_packet_len",
+    "read_image",
     "scan_buffer",
     "scan_file",
 ]
@@ -168,6 +174,10 @@ class ScanResult:
         Wall time of the scan (opening the file excluded).
     method : str
         ``"mmap"``, ``"read"`` or ``"buffer"``.
+    format : str
+        ``"raw"``, or ``"elf"`` for a core dump scanned by its segments.
+    extents : tuple of Extent, optional
+        The runs of zero and data pages, when asked for.
 
     Examples
     --------
@@ -184,6 +194,8 @@ class ScanResult:
     bytes_read: int
     seconds: float
     method: str
+    format: str = "raw"
+    extents: tuple[Extent, ...] | None = None
 
     @property
     def normal_pages(self) -> int:
@@ -225,8 +237,12 @@ class ScanResult:
 
     @property
     def gb_per_s(self) -> float:
-        """Scan speed in 10**9 bytes per second (holes included); 0.0 if not timed."""
-        return self.size / self.seconds / 1e9 if self.seconds > 0 else 0.0
+        """Bytes read, in 10**9 per second; 0.0 if nothing was read (holes only) or not timed.
+
+        Holes are counted without being read, so they are left out: a file of
+        holes only has no speed to report.
+        """
+        return self.bytes_read / self.seconds / 1e9 if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Return every field and derived figure as JSON-ready values."""
@@ -243,42 +259,128 @@ class ScanResult:
             "wire_bytes": self.wire_bytes,
             "bytes_read": self.bytes_read,
             "method": self.method,
+            "format": self.format,
             "seconds": self.seconds,
             "gb_per_s": self.gb_per_s,
         }
 
 
-class _Counter:
-    """Zero pages of page-aligned pieces, fed in order."""
+@dataclass(frozen=True)
+class Extent:
+    """A run of zero or data pages, shaped like one entry of ``qemu-img map --output=json``.
 
-    def __init__(self, page_size: int, progress: ProgressCallback | None) -> None:
+    ``start`` is the address in the memory scanned (the file offset of a raw
+    image, the guest physical address in an ELF dump), ``offset`` where those
+    bytes lie in the file (None for the zero tail of an ELF segment, which the
+    file does not hold). Unlike ``qemu-img map``, which reports allocation,
+    ``zero`` says that every byte of the run *reads* as zero (a hole or
+    written zeros).
+    """
+
+    start: int
+    length: int
+    zero: bool
+    offset: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``qemu-img map --output=json`` fields (``offset`` only where the file holds it)."""
+        entry: dict[str, Any] = {
+            "start": self.start,
+            "length": self.length,
+            "depth": 0,
+            "present": True,
+            "zero": self.zero,
+            "data": not self.zero,
+            "compressed": False,
+        }
+        if self.offset is not None:
+            entry["offset"] = self.offset
+        return entry
+
+
+class _ShrankError(Exception):
+    """Raised inside a scan when the file ended before its size."""
+
+
+class _Counter:
+    """Zero pages of page-aligned pieces, fed in order; optionally their extents."""
+
+    def __init__(
+        self, page_size: int, progress: ProgressCallback | None, extents: bool = False
+    ) -> None:
         self.page_size = page_size
         self.progress = progress
         self.pages = 0
         self.zero_pages = 0
         self.bytes_read = 0
+        self.address = 0  # of the next byte fed
+        self.delta: int | None = 0  # file offset minus address; None: not in the file
+        self.extents: list[Extent] | None = [] if extents else None
 
-    def check(self, view: memoryview) -> None:
-        """Count the pages of ``view``; only the last piece may end in a partial page."""
+    def seek(self, address: int, delta: int | None) -> None:
+        """The next piece is at ``address``, held at file offset ``address + delta``."""
+        self.address, self.delta = address, delta
+
+    def check(self, view: memoryview, mapped: bool = False) -> None:
+        """Count the pages of ``view``; only the last piece may end in a partial page.
+
+        ``mapped``: ``view`` is a file mapping, checked under the SIGBUS guard.
+        """
         ps = self.page_size
-        full = len(view) - len(view) % ps
-        if full:
+        if mapped:
+            mask = _kernels.mapped_page_mask(view, ps)
+            if mask is None:
+                raise _ShrankError
+        else:
+            full = len(view) - len(view) % ps
             with view[:full] as head:
                 mask = _kernels.zero_page_mask(head, ps)
-            self.zero_pages += int(np.count_nonzero(mask))
-            self.pages += full // ps
-        if full != len(view):
-            with view[full:] as tail:
-                self.zero_pages += bool(_kernels.is_zero(tail))
-            self.pages += 1
+            if full != len(view):
+                with view[full:] as tail:
+                    mask = np.append(mask, _kernels.is_zero(tail))
+        self.zero_pages += int(np.count_nonzero(mask))
+        self.pages += len(mask)
         self.bytes_read += len(view)
+        if self.extents is not None:
+            self._record(mask, len(view))
+        self.address += len(view)
         self.advance(len(view))
+
+    def _record(self, mask: npt.NDArray[np.bool_], nbytes: int) -> None:
+        if not len(mask):
+            return
+        edges = np.flatnonzero(mask[1:] != mask[:-1]) + 1
+        starts = [0, *edges.tolist()]
+        ends = [*edges.tolist(), len(mask)]
+        ps = self.page_size
+        for a, b in zip(starts, ends, strict=True):
+            self._add(a * ps, min(b * ps, nbytes) - a * ps, bool(mask[a]))
+
+    def _add(self, rel: int, length: int, zero: bool) -> None:
+        assert self.extents is not None
+        start = self.address + rel
+        offset = None if self.delta is None else start + self.delta
+        if self.extents:
+            last = self.extents[-1]
+            joins = last.start + last.length == start and last.zero == zero
+            if joins and (
+                (last.offset is None and offset is None)
+                or (last.offset is not None and offset == last.offset + last.length)
+            ):
+                self.extents[-1] = Extent(last.start, last.length + length, zero, last.offset)
+                return
+        self.extents.append(Extent(start, length, zero, offset))
 
     def hole(self, nbytes: int) -> None:
         """Count ``nbytes`` (page-aligned, or ending at the end) of a hole as zero pages."""
+        if nbytes <= 0:
+            return
         pages = -(-nbytes // self.page_size)
         self.pages += pages
         self.zero_pages += pages
+        if self.extents is not None:
+            self._add(0, nbytes, True)
+        self.address += nbytes
         self.advance(nbytes)
 
     def advance(self, nbytes: int) -> None:
@@ -305,7 +407,7 @@ def scan_buffer(
     progress : callable, optional
         Called with the number of bytes just checked, once per window.
     name : str, default "<buffer>"
-        Stored as :attr:`ScanResult.path`.
+        Stored as ``ScanResult.path``.
 
     Returns
     -------
@@ -346,6 +448,10 @@ def scan_buffer(
     )
 
 
+STDIN = "-"
+"""The path that :func:`scan_file` reads as standard input."""
+
+
 def scan_file(
     path: str | os.PathLike[str],
     *,
@@ -353,14 +459,19 @@ def scan_file(
     progress: ProgressCallback | None = None,
     method: ScanMethod = "auto",
     window: int = WINDOW_BYTES,
+    length: int | None = None,
+    extents: bool = False,
 ) -> ScanResult:
     """Count the zero pages of a file, block device or memory dump, in constant memory.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A regular file, a block device, or anything ``open`` can read to its end
-        (a pipe, a character device, ``/proc/...``).
+        A regular file, a block device, ``"-"`` for standard input, or anything
+        ``open`` can read to its end (a pipe, ``/proc/...``). An ELF core dump
+        is scanned through its ``PT_LOAD`` segments, by guest physical address;
+        disk-image containers, kdump-compressed dumps and QEMU migration
+        streams are refused (:mod:`multifd_zero.tools.formats`).
     page_size : int, default 4096
         A power of two from 1 KiB to 2 MiB. For a comparison with QEMU use the
         target page size (4096 on x86), not the host huge page size.
@@ -375,6 +486,11 @@ def scan_file(
         pseudo-file such as ``/proc/self/mem`` whose size is not its length).
     window : int, default WINDOW_BYTES
         Bytes per mapped window, rounded down to whole pages (at least one).
+    length : int, optional
+        Scan at most this many bytes of a raw file. Required for a character
+        device (``/dev/zero`` never ends).
+    extents : bool, default False
+        Also return the runs of zero and data pages (``ScanResult.extents``).
 
     Returns
     -------
@@ -385,15 +501,22 @@ def scan_file(
     FileNotFoundError, PermissionError, IsADirectoryError, OSError
         The path cannot be opened or read. A directory raises
         ``IsADirectoryError``.
+    FileChangedError
+        The file shrank while it was scanned (an ``OSError``).
+    FileFormatError
+        The file is a container, not memory (a ``ValueError``).
     ValueError
-        Bad ``page_size``, ``method`` or ``window``, or ``method="mmap"`` on a
-        file whose size is unknown.
+        Bad ``page_size``, ``method``, ``window`` or ``length``, a character
+        device without ``length``, or ``method="mmap"`` on a file whose size
+        is unknown.
 
     Notes
     -----
-    With ``mmap`` the file must not shrink while it is scanned: touching a
-    mapped page past the new end raises SIGBUS, which ends the process. Use
-    ``method="read"`` for files that may be truncated during the scan.
+    A mapped file that shrinks while it is scanned would end the process with
+    SIGBUS when a page past its new end is touched; every mapped window is
+    checked under a SIGBUS guard (``multifd_zero._kernels.mapped_page_mask``),
+    so a shrinking file raises :class:`~multifd_zero.errors.FileChangedError`
+    with both methods.
 
     Examples
     --------
@@ -410,31 +533,59 @@ def scan_file(
         raise ValueError(f"method must be one of {', '.join(_METHODS)}, not {method!r}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive int, got {window!r}")
+    if length is not None and (
+        isinstance(length, bool) or not isinstance(length, int) or length < 0
+    ):
+        raise ValueError(f"length must be an int of at least 0, got {length!r}")
     window = max(window // ps, 1) * ps
     name = os.fspath(path)
-    fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    stdin = name == STDIN
+    fd = 0 if stdin else os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    if stdin:
+        name = "<stdin>"
+    counter = _Counter(ps, progress, extents)
+    file_format = "raw"
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
+        if stat.S_ISCHR(info.st_mode) and length is None:
+            raise ValueError(
+                f"{name}: a character device has no end; give the length to scan "
+                "(--length on the command line)"
+            )
         size = _known_size(fd, info)
         if method == "mmap" and size is None:
             raise ValueError(f"{name}: the size is unknown, so it cannot be mapped")
+        if size:
+            file_format = sniff(os.pread(fd, SNIFF_BYTES, 0), name)
+        if file_format == "raw" and size is not None and length is not None:
+            size = min(size, length)
         # A regular file of size 0 is read: it is empty, or a /proc or /sys
         # pseudo-file whose size says nothing about its contents.
         use_mmap = size is not None and size > 0 and method != "read" and _mappable(fd, size)
         if method == "mmap" and not use_mmap and size != 0:
             raise OSError(errno.ENODEV, "the file cannot be mapped", name)
-        counter = _Counter(ps, progress)
         start = time.perf_counter()
-        if use_mmap and size is not None:
-            _scan_mapped(fd, size, window, counter)
-            scanned = size
-        else:
-            scanned = _scan_read(fd, counter)
+        try:
+            if file_format == "elf" and size is not None:
+                segments = elf_segments(lambda at, n: os.pread(fd, n, at), size, name)
+                for segment in segments:
+                    _scan_segment(fd, segment, window, counter, use_mmap)
+                scanned = sum(s.memsz for s in segments)
+            elif use_mmap and size is not None:
+                _scan_mapped(fd, size, window, counter)
+                scanned = size
+            else:
+                scanned = _scan_read(fd, counter, size, length, name)
+        except _ShrankError:
+            raise FileChangedError(
+                errno.EIO, "the file shrank while it was read (changed under the scan)", name
+            ) from None
         seconds = time.perf_counter() - start
     finally:
-        os.close(fd)
+        if not stdin:
+            os.close(fd)
     return ScanResult(
         path=name,
         size=scanned,
@@ -444,7 +595,60 @@ def scan_file(
         bytes_read=counter.bytes_read,
         seconds=seconds,
         method="mmap" if use_mmap else "read",
+        format=file_format,
+        extents=tuple(counter.extents) if counter.extents is not None else None,
     )
+
+
+def read_image(
+    path: str | os.PathLike[str], page_size: int, progress: ProgressCallback | None = None
+) -> mmap.mmap:
+    """Read a raw RAM image into fresh anonymous memory, for a migration's source.
+
+    Read rather than mapped, so that an image that shrinks while it is read
+    is an error, not SIGBUS.
+
+    Raises
+    ------
+    ValueError
+        The size is 0 or not a multiple of ``page_size``; the file is a
+        container (:class:`~multifd_zero.errors.FileFormatError`).
+    FileChangedError
+        The file shrank while it was read.
+    OSError
+        It cannot be opened or read.
+    """
+    ps = _kernels.check_page_size(page_size)
+    name = os.fspath(path)
+    with open(name, "rb", buffering=0) as f:
+        fd = f.fileno()
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
+        size = _known_size(fd, info) or 0
+        if size == 0 or size % ps:
+            raise ValueError(
+                f"{name} holds {size} bytes, not a positive multiple of the page size {ps}"
+            )
+        if sniff(os.pread(fd, SNIFF_BYTES, 0), name) != "raw":
+            raise FileFormatError(f"{name}: an ELF dump; migrate reads raw images only")
+        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        done = 0
+        with memoryview(memory) as view:
+            while done < size:
+                with view[done : done + 4 * READ_CHUNK_BYTES] as piece:
+                    n = os.preadv(fd, [piece], done)
+                if n == 0:
+                    break
+                done += n
+                if progress is not None:
+                    progress(n)
+        if done < size:
+            memory.close()
+            raise FileChangedError(
+                errno.EIO, f"the file shrank to {done} bytes while it was read", name
+            )
+    return memory
 
 
 def _known_size(fd: int, info: os.stat_result) -> int | None:
@@ -520,41 +724,100 @@ def _page_ranges(fd: int, size: int, page_size: int) -> Iterator[tuple[int, int]
         yield current
 
 
+def _check_mapped(fd: int, offset: int, length: int, counter: _Counter) -> None:
+    """Map ``length`` bytes of ``fd`` from ``offset`` and check them under the guard."""
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        mapped = mmap.mmap(fd, offset - base + length, access=mmap.ACCESS_READ, offset=base)
+    except ValueError:  # "mmap length is greater than file size": it shrank
+        raise _ShrankError from None
+    try:
+        with memoryview(mapped) as view, view[offset - base :] as piece:
+            counter.check(piece, mapped=True)
+    finally:
+        mapped.close()
+
+
 def _scan_mapped(fd: int, size: int, window: int, counter: _Counter) -> None:
-    granule = mmap.ALLOCATIONGRANULARITY
     done = 0
     for lo, hi in _page_ranges(fd, size, counter.page_size):
         counter.hole(lo - done)
         offset = lo
         while offset < hi:
             length = min(window, hi - offset)
-            base = offset - offset % granule
-            mapped = mmap.mmap(fd, offset - base + length, access=mmap.ACCESS_READ, offset=base)
-            try:
-                with memoryview(mapped) as view, view[offset - base :] as piece:
-                    counter.check(piece)
-            finally:
-                mapped.close()
+            _check_mapped(fd, offset, length, counter)
             offset += length
         done = hi
     counter.hole(size - done)
 
 
-def _scan_read(fd: int, counter: _Counter) -> int:
-    """Read ``fd`` to its end in whole chunks; return the bytes read."""
+def _scan_segment(
+    fd: int, segment: LoadSegment, window: int, counter: _Counter, use_mmap: bool
+) -> None:
+    """The pages of one ELF ``PT_LOAD`` segment, aligned on guest physical pages."""
+    ps = counter.page_size
+    lead = segment.paddr % ps
+    offset, left = segment.offset, segment.filesz
+    counter.seek(segment.paddr - lead, segment.offset - segment.paddr)
+    if lead:
+        # The segment starts inside a page: the bytes before it read as zero.
+        first = bytearray(ps)
+        part = os.pread(fd, min(ps - lead, left), offset)
+        if len(part) < min(ps - lead, left):
+            raise _ShrankError
+        first[lead : lead + len(part)] = part
+        with memoryview(first) as view:
+            counter.delta = None
+            counter.check(view)
+            counter.delta = segment.offset - segment.paddr
+        offset, left = offset + len(part), left - len(part)
+    buf = None if use_mmap else bytearray(window)
+    while left > 0:
+        length = min(window, left)
+        if buf is None:
+            _check_mapped(fd, offset, length, counter)
+        else:
+            with memoryview(buf) as view, view[:length] as piece:
+                if os.preadv(fd, [piece], offset) != length:
+                    raise _ShrankError
+                counter.check(piece)
+        offset, left = offset + length, left - length
+    checked = -(-(lead + segment.filesz) // ps) * ps if segment.filesz else 0
+    counter.seek(segment.paddr - lead + checked, None)
+    counter.hole(lead + segment.memsz - checked)  # the zeros past the file's part
+
+
+def _scan_read(fd: int, counter: _Counter, size: int | None, length: int | None, name: str) -> int:
+    """Read ``fd`` to its end (or ``length``) in whole chunks; return the bytes read.
+
+    With a known ``size`` (a regular file or a device), ending before it means
+    the file shrank.
+    """
     chunk = max(READ_CHUNK_BYTES, counter.page_size)
+    limit = size if size else length
     buf = bytearray(chunk)
     total = 0
     with memoryview(buf) as view:
-        while True:
+        while limit is None or total < limit:
+            want = chunk if limit is None else min(chunk, limit - total)
             filled = 0
-            while filled < chunk:  # whole chunks, so that no page is split
-                n = os.readv(fd, [view[filled:]])
+            while filled < want:  # whole chunks, so that no page is split
+                n = os.readv(fd, [view[filled:want]])
                 if n == 0:
                     break
                 filled += n
+            if total == 0 and filled:
+                kind = sniff(bytes(view[: min(filled, SNIFF_BYTES)]), name)
+                if kind != "raw":
+                    raise FileFormatError(
+                        f"{name}: an ELF core dump read from a pipe; scan the file itself "
+                        "(its segments are found by seeking)"
+                    )
             if filled:
                 counter.check(view[:filled])
                 total += filled
-            if filled < chunk:
+            if filled < want:
+                if size:
+                    raise _ShrankError
                 return total
+    return total

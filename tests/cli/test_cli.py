@@ -101,7 +101,7 @@ def test_demo_options(tmp_path: Path) -> None:
     [
         (["demo", "--page-size", "3000"], "page_size must be a power of two"),
         (["demo", "--zero-ratio", "1.5"], "must be between 0 and 1"),
-        (["demo", "--size-mib", "0"], "must be at least 1"),
+        (["demo", "--size-mib", "0"], "must be from 1 to"),
         (["demo", "--zero-page-detection", "fast"], "invalid choice"),
         (["--simd", "mmx", "demo"], "invalid choice"),
         ([], "required"),
@@ -147,7 +147,7 @@ def test_console_script(tmp_path: Path) -> None:
 
 
 def test_simd_environment_variable(tmp_path: Path) -> None:
-    """MULTIFD_ZERO_SIMD picks the path at import; an unknown name fails the import loudly."""
+    """MULTIFD_ZERO_SIMD picks the path at import; an unknown name warns, naming it."""
     code = "import multifd_zero as m; print(m.get_simd(), m.__file__)"
     env = {k: v for k, v in os.environ.items() if k != "MULTIFD_ZERO_SIMD"}
     ok = subprocess.run(
@@ -161,7 +161,7 @@ def test_simd_environment_variable(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, env={**env, "MULTIFD_ZERO_SIMD": "mmx"},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    assert bad.returncode != 0
+    assert bad.returncode == 0  # ignored with a warning (tests/cli/test_user_errors.py)
     assert "unknown SIMD path 'mmx'" in bad.stderr
 
 

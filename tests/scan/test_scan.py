@@ -495,25 +495,25 @@ def test_cli_json(images: tuple[Path, Path, bytes, bytes], tmp_path: Path) -> No
 
 
 def test_cli_errors(images: tuple[Path, Path, bytes, bytes], tmp_path: Path) -> None:
-    """Missing files, directories and read errors: exit 2, one line each, no traceback.
+    """Missing files, directories and read errors: exit 1, one line each, no traceback.
 
     The good path given with them is still scanned.
     """
     pa = images[0]
     missing = tmp_path / "missing.img"
     proc = cli(["scan", str(missing), str(tmp_path), "/proc/self/mem", str(pa)], tmp_path)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines == [
-        f"multifd-zero scan: {missing}: No such file or directory",
-        f"multifd-zero scan: {tmp_path}: Is a directory",
-        "multifd-zero scan: /proc/self/mem: Input/output error",
+        f"multifd-zero scan: error: {missing}: No such file or directory",
+        f"multifd-zero scan: error: {tmp_path}: Is a directory",
+        "multifd-zero scan: error: /proc/self/mem: Input/output error",
     ]
     assert str(pa) in proc.stdout  # the good one was scanned
 
     proc = cli(["scan", "--json", str(missing), str(pa)], tmp_path)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     assert doc["errors"] == [{"path": str(missing), "error": "No such file or directory"}]
     assert len(doc["files"]) == 1
@@ -525,15 +525,16 @@ def test_cli_errors(images: tuple[Path, Path, bytes, bytes], tmp_path: Path) -> 
     ):
         proc = cli(bad, tmp_path)
         assert proc.returncode == 2, bad
-        assert "Traceback" not in proc.stderr and "usage:" in proc.stderr
+        assert "Traceback" not in proc.stderr and "(see multifd-zero scan --help)" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
 
     proc = cli(["scan", "--method", "mmap", "/dev/stdin"], tmp_path, input="")
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "the size is unknown" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_unreadable(images: tuple[Path, Path, bytes, bytes], tmp_path: Path) -> None:
-    """A file without read permission: exit 2 and "Permission denied".
+    """A file without read permission: exit 1 and "Permission denied".
 
     Root reads everything, so as root the command runs under ``setpriv`` without
     the capabilities that bypass file permissions.
@@ -564,8 +565,8 @@ def test_cli_unreadable(images: tuple[Path, Path, bytes, bytes], tmp_path: Path)
     )
     if prefix and proc.stderr.startswith("setpriv:"):
         pytest.skip(f"setpriv cannot drop the capabilities here: {proc.stderr.strip()}")
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == f"multifd-zero scan: {secret}: Permission denied"
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"multifd-zero scan: error: {secret}: Permission denied"
     assert str(images[0]) in proc.stdout
 
 

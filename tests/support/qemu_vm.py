@@ -621,39 +621,42 @@ def ram_blocks(vm: QemuVM) -> dict[str, RamBlock]:
 def parse_ramblock(text: str) -> dict[str, RamBlock]:
     """Parse the output of HMP ``info ramblock`` by its header names; return name -> block.
 
-    QEMU right-aligns every column under its header, so a cell is the text
-    between the end of the previous header and the end of its own header.
+    QEMU prints it with ``"%24s %8s  %18s %18s %18s"`` (7.2: Block Name, PSize,
+    Offset, Used, Total) and QEMU 10 adds ``" %18s %3s"`` (HVA, RO); see
+    ``ram_block_format`` in QEMU's ``system/physmem.c``. The header says which
+    columns there are and in which order. A row is read from the right, by
+    words: every column after the name is one word (PSize two, ``4 KiB``), so
+    a block name longer than 24 characters, which pushes the row out of its
+    columns, is still read right.
     """
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         return {}
-    header = lines[0].rstrip()
-    ends = {m[0]: m.end() for m in re.finditer(r"\S+(?: \S+)*", header)}
-    missing = {"Block Name", "PSize", "Offset", "Used", "Total"} - set(ends)
-    if missing:
-        raise QemuError(f"info ramblock: no column {sorted(missing)} in {header!r}")
-    bounds: dict[str, tuple[int, int]] = {}
-    start = 0
-    for name, end in sorted(ends.items(), key=lambda item: item[1]):
-        bounds[name] = (start, end)
-        start = end
-
-    def cell(line: str, name: str) -> str | None:
-        if name not in bounds:
-            return None
-        first, last = bounds[name]
-        return line[first:last].strip()
-
+    header = re.findall(r"\S+(?: \S+)*", lines[0])
+    missing = {"Block Name", "PSize", "Offset", "Used", "Total"} - set(header)
+    if missing or header[0] != "Block Name":
+        raise QemuError(f"info ramblock: no column {sorted(missing)} in {lines[0]!r}")
+    after_name = header[1:]
+    width = {name: 2 if name == "PSize" else 1 for name in after_name}
     blocks = {}
     for line in lines[1:]:
-        name = cell(line, "Block Name") or ""
-        hva, ro = cell(line, "HVA"), cell(line, "RO")
+        words = line.split()
+        need = sum(width.values())
+        if len(words) <= need:
+            raise QemuError(f"info ramblock: a row with too few columns: {line!r}")
+        cells: dict[str, str] = {}
+        at = len(words)
+        for name in reversed(after_name):
+            at -= width[name]
+            cells[name] = " ".join(words[at : at + width[name]])
+        name = " ".join(words[:at])
+        hva, ro = cells.get("HVA"), cells.get("RO")
         blocks[name] = RamBlock(
             name=name,
-            page_size=_parse_size(cell(line, "PSize") or ""),
-            offset=int(cell(line, "Offset") or "", 16),
-            used=int(cell(line, "Used") or "", 16),
-            total=int(cell(line, "Total") or "", 16),
+            page_size=_parse_size(cells["PSize"]),
+            offset=int(cells["Offset"], 16),
+            used=int(cells["Used"], 16),
+            total=int(cells["Total"], 16),
             hva=int(hva, 16) if hva else None,
             readonly=(ro == "ro") if ro else None,
         )
