@@ -13,6 +13,9 @@ def _touch_heads(
     host: _ReadableBuffer, offsets: _ReadableBuffer, out: _WritableBuffer
 ) -> None: ...
 
+# The zero pages read with the answer known, eight side by side: their floor.
+def _read_known(host: _ReadableBuffer, offsets: _ReadableBuffer, page_size: int) -> int: ...
+
 # A call that only spins for ns nanoseconds without the GIL: the threads' ceiling.
 def _busy(ns: float) -> None: ...
 

@@ -9,6 +9,7 @@ closed standard output quietly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -103,3 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, MemoryError, MigrationError, PacketError, SnapshotError) as exc:
         print(f"{prog}: error: {error_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def console() -> NoReturn:
+    """The ``multifd-zero`` program: :func:`main`; after a Ctrl-C, an exit that waits for nothing.
+
+    A Ctrl-C can land while the threads of a migration or of a benchmark wait
+    on each other, and at exit the interpreter would wait for them forever.
+    Once the one line is printed nothing is left to save, so the process ends
+    at once; a destination child notices that its parent is gone and removes
+    its files (``migration/process.py``).
+    """
+    status = main()
+    if status == EXIT_INTERRUPTED:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(status)
+    sys.exit(status)

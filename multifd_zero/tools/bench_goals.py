@@ -35,6 +35,7 @@ GOALS = (
         "partition",
         "read limit",
         0.70,
+        limit="zero pages only",
     ),
     Goal(
         "out of cache, all zero: partition time / read limit",
@@ -109,9 +110,10 @@ def evaluate_goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         if goal.who in ns and (goal.base is None or goal.base in ns):
             value = ns[goal.who] / ns[goal.base] if goal.base else ns[goal.who]
             entry["value"] = value
+            entry["ratio"] = goal.base is not None
             entry["met"] = value >= goal.bound if goal.at_least else value <= goal.bound
             if goal.limit and goal.limit in ns:
-                entry["limit"] = ns[goal.limit]
+                entry["limit"] = ns[goal.limit] / ns[goal.base] if goal.base else ns[goal.limit]
             elif goal.limit and (ceiling := _find(rows, goal.limit)):
                 top = ceiling["ns_per_page"]
                 entry["limit"] = top[goal.who] / top[goal.base] if goal.base else top[goal.who]
@@ -159,11 +161,9 @@ def format_goals(goals: list[dict[str, Any]]) -> str:
         status = "met" if g["met"] else "NOT MET"
         line = f"  [{status}] {g['goal']}: {g['value']:.2f} (goal {sign} {g['bound']:.2f})"
         if "limit" in g:
-            line += (
-                f"; measured ceiling here: {g['limit']:.2f}"
-                if g["at_least"]
-                else f"; measured floor here: {g['limit']:.2f} ns a page"
-            )
+            kind = "ceiling" if g["at_least"] else "floor"
+            unit = "" if g.get("ratio", True) else " ns a page"
+            line += f"; measured {kind} here: {g['limit']:.2f}{unit}"
         if g.get("slower_in"):
             line += "; slower in: " + ", ".join(g["slower_in"])
         lines.append(line)

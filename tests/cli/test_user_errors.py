@@ -27,10 +27,6 @@ import multifd_zero as mz
 
 PS = 4096
 
-_HANGS = (
-    "known bug, not fixed yet: a Ctrl-C landing at some points of the in-process engine "
-    "(demo) or of bench's threads is not acted on (about 1 run in 5 here)"
-)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -270,17 +266,9 @@ def _interrupt_on_terminal(args: list[str], ready: bytes, cwd: Path) -> tuple[in
 @pytest.mark.parametrize(
     ("args", "ready"),
     [
-        pytest.param(
-            ["demo", "--size-mib", "8", "--rounds", "1000000"],
-            b"demo: migrating",
-            marks=pytest.mark.xfail(reason=_HANGS, strict=False, raises=subprocess.TimeoutExpired),
-        ),
+        (["demo", "--size-mib", "8", "--rounds", "1000000"], b"demo: migrating"),
         (["migrate", "--size-mib", "8", "--rounds", "1000000", "--no-progress"], b"migrate: 8"),
-        pytest.param(
-            ["bench", "--region-mib", "8", "--repeats", "100000"],
-            b"bench: measuring",
-            marks=pytest.mark.xfail(reason=_HANGS, strict=False, raises=subprocess.TimeoutExpired),
-        ),
+        (["bench", "--region-mib", "8", "--repeats", "100000"], b"bench: measuring"),
         (["scan", "--length", "256G", "/dev/zero"], b"B/s"),  # tqdm's bar: it is reading
     ],
     ids=["demo", "migrate", "bench", "scan"],

@@ -180,3 +180,18 @@ def test_one_normal_page_anywhere_in_zero_memory(simd_path: str, page_size: int)
             expected = [k != page for k in range(pages)]
             assert mz.zero_page_mask(host, page_size).tolist() == expected, (page, pos)
             assert mz.scan_zero_pages(host, offsets, page_size).tolist() == expected, (page, pos)
+
+
+def test_benchmark_floor_loops_read_what_they_say() -> None:
+    """The floors of `bench`: one sampled load per page, and zero pages read eight at a time."""
+    ps = 4096
+    host = bytearray(16 * ps)
+    offsets = np.arange(16, dtype=np.uint64) * np.uint64(ps)
+    out = bytearray(16)
+    _bench_kernels._touch_heads(bytes(host), offsets, out)
+    assert list(out) == [1] * 16
+    assert _bench_kernels._read_known(bytes(host), offsets, ps) == 2 * ps  # two groups of 8
+    host[9 * ps + 3000] = 1  # in the second group, in the step starting at 2944
+    assert _bench_kernels._read_known(bytes(host), offsets, ps) == ps + 2944
+    with pytest.raises(ValueError, match="leaves host"):
+        _bench_kernels._read_known(bytes(host), offsets + np.uint64(ps), ps)
