@@ -322,6 +322,21 @@ def _scaling_rows(ram: npt.NDArray[np.uint8], repeats: int) -> list[BenchRow]:
         for _ in range(calls * reps):
             busy(call_ns)
 
+    # The hardware's ceiling: the read-limit loop over each thread's own batch,
+    # as many calls, with the GIL released; two vCPUs that share a core or its
+    # caches on the host scale less than two whole cores.
+    read_all = _bench_kernels._read_all
+
+    def read(i: int) -> None:
+        for _ in range(calls * reps):
+            read_all(regions[i])
+
+    row = BenchRow(
+        "L2 ceiling, 1 vs 2 threads (the read-limit loop on each thread's batch)", units
+    )
+    row.ns_per_page["1 thread"] = _threads_ns(_both_on_one(read), 1, units, repeats)
+    row.ns_per_page["2 threads"] = _threads_ns(read, 2, units, repeats)
+    rows.append(row)
     row = BenchRow(
         "GIL ceiling, 1 vs 2 threads (a no-work nogil call as long as one batch)", units
     )

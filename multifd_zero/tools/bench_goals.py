@@ -86,6 +86,14 @@ GOALS = (
         at_least=True,
         limit="GIL ceiling",
     ),
+    Goal(
+        "(the same machine: two threads of the read-limit loop in L2, speed-up)",
+        "L2 ceiling, 1 vs 2 threads",
+        "1 thread",
+        "2 threads",
+        1.8,
+        at_least=True,
+    ),
 )
 
 
