@@ -842,7 +842,8 @@ def partition_zero_pages(host, offsets, page_size=4096, name="offsets"):
         n = c.n
         zero = _page_flags(&c, n)
         with nogil:
-            normal = _partition(path, <const uint8_t *>hv.buf, ps, work, zero, n)
+            path.pages(<const uint8_t *>hv.buf, work, n, ps, zero)
+            normal = _replay(work, zero, n)
         _put_offsets(&c, offsets, 1, name)
     finally:
         _end(&c)
@@ -904,27 +905,26 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
                 f"{name} has {rows} rows of no offsets (at most {_MAX_EMPTY_ROWS} are "
                 "accepted): a row is a batch of pages"
             )
-        zero = _page_flags(&c, cols)
+        zero = _page_flags(&c, rows * cols)
         normals = np.empty(rows, dtype=np.int64)
         out = <int64_t *>_array_data(normals)
         with nogil:
+            # One scan over every row, so that the batch loop's read-ahead and
+            # runs of adjacent pages carry on from one batch to the next.
+            path.pages(<const uint8_t *>hv.buf, work, rows * cols, ps, zero)
             for r in range(rows):
-                out[r] = _partition(path, <const uint8_t *>hv.buf, ps, work + r * cols, zero, cols)
+                out[r] = _replay(work + r * cols, zero + r * cols, cols)
         _put_offsets(&c, offsets, 2, name)
     finally:
         _end(&c)
     return normals
 
 
-cdef Py_ssize_t _partition(
-    const mfz_path *path, const uint8_t *base, Py_ssize_t ps, uint64_t *work, uint8_t *zero,
-    Py_ssize_t n
-) noexcept nogil:
-    """QEMU's two-pointer pass over ``work``, with the tests done in a forward pass first."""
+cdef Py_ssize_t _replay(uint64_t *work, uint8_t *zero, Py_ssize_t n) noexcept nogil:
+    """QEMU's two-pointer pass over ``work``, from the tests already done (``zero``)."""
     cdef Py_ssize_t i = 0, j = n - 1, zeros
     cdef uint64_t tmp_off
     cdef uint8_t tmp_zero
-    path.pages(base, work, n, ps, zero)
     zeros = mfz_count_nonzero(zero, n)
     if zeros == 0:
         return n

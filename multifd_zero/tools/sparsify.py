@@ -168,13 +168,13 @@ def sparsify(
 
     Examples
     --------
-    >>> import os, tempfile
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> with tempfile.TemporaryDirectory() as d:
-    ...     src, dst = os.path.join(d, "a"), os.path.join(d, "b")
-    ...     with open(src, "wb") as f:
-    ...         _ = f.write(bytes(8192) + b"\\1" * 4096)
+    ...     src, dst = Path(d, "a"), Path(d, "b")
+    ...     _ = src.write_bytes(bytes(8192) + b"\\1" * 4096)
     ...     r = sparsify(src, dst)
-    ...     same = open(src, "rb").read() == open(dst, "rb").read()
+    ...     same = src.read_bytes() == dst.read_bytes()
     >>> r.pages, r.zero_pages, r.bytes_written, same
     (3, 2, 4096, True)
     """
