@@ -55,7 +55,14 @@ def wait_gone(pid: int) -> None:
 def shared_memory_names(pid: int) -> list[str]:
     """The mappings of ``pid`` that hold this library's shared guest RAM."""
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    return [line.split(maxsplit=5)[-1] for line in maps if "multifd-zero" in line]
+    paths = [line.split(maxsplit=5)[-1] for line in maps if len(line.split(maxsplit=5)) == 6]
+    # Shared memory only (a memfd, or a file in /dev/shm as before): the folder of
+    # the installed package may itself be named multifd-zero-... (CI's is).
+    return [
+        p
+        for p in paths
+        if "multifd-zero" in p and (p.startswith("/memfd:") or p.startswith("/dev/shm/"))
+    ]
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -295,9 +295,11 @@ def _while_writing(
     out: dict[str, int] = {"mid-call": 0, "attempts": 0}
     errors: list[BaseException] = []
 
+    current = [host]  # renew may hand back a new host (a closed mmap cannot reopen)
+
     def work() -> None:
         try:
-            _kernels.recv_normal_pages(host, rmap, offsets, data, ps)
+            _kernels.recv_normal_pages(current[0], rmap, offsets, data, ps)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -325,7 +327,9 @@ def _while_writing(
                 late = progress() < n and worker.is_alive()
                 if not late and renew is not None and out["mid-call"] == 0:
                     worker.join()
-                    renew()
+                    fresh = renew()
+                    if fresh is not None:
+                        current[0] = fresh
                     out["attempts"] -= 1
                     gone = False
                     break
@@ -351,7 +355,13 @@ def child_close_or_resize_while_held() -> dict[str, Any]:
     # mmap: close and resize raise BufferError while the kernel holds the export.
     mm = mmap.mmap(-1, size)
     report["mmap.resize"] = _while_writing(mm, lambda: mm.resize(size * 2), size)
-    report["mmap.close"] = _while_writing(mm, mm.close, size)
+    box = {"mm": mm}
+
+    def reopen() -> mmap.mmap:
+        box["mm"] = mmap.mmap(-1, size)
+        return box["mm"]
+
+    report["mmap.close"] = _while_writing(mm, lambda: box["mm"].close(), size, renew=reopen)
     if not mm.closed:
         assert mm[::ps] == b"\x01" * (size // ps)
         mm.close()  # afterwards it closes
