@@ -57,6 +57,8 @@ def check_sdist(path: str) -> None:
         "multifd_zero/_bench_kernels.pyi",
         "multifd_zero/csrc/platform.h",
         "multifd_zero/csrc/zero_check.h",
+        "multifd_zero/csrc/page_check.h",
+        "multifd_zero/csrc/file_guard.h",
         "multifd_zero/csrc/batch.h",
         "multifd_zero/csrc/offsets.h",
         "multifd_zero/csrc/bitmap.h",
