@@ -21,8 +21,8 @@ else:
 CSRC = [
     f"multifd_zero/csrc/{header}.h"
     for header in (
-        "platform", "zero_check", "page_check", "batch", "offsets", "bitmap", "zero_store",
-        "dispatch", "read_limit", "file_guard",
+        "platform", "zero_check", "page_check", "batch", "offsets", "partition", "bitmap",
+        "zero_store", "dispatch", "read_limit", "file_guard",
     )
 ]
 

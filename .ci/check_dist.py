@@ -61,6 +61,7 @@ def check_sdist(path: str) -> None:
         "multifd_zero/csrc/file_guard.h",
         "multifd_zero/csrc/batch.h",
         "multifd_zero/csrc/offsets.h",
+        "multifd_zero/csrc/partition.h",
         "multifd_zero/csrc/bitmap.h",
         "multifd_zero/csrc/zero_store.h",
         "multifd_zero/csrc/dispatch.h",
@@ -69,6 +70,7 @@ def check_sdist(path: str) -> None:
         "tests/conftest.py",
         "tests/README.md",
         "tests/support/qemu_model.py",
+        "tests/c/test_portable.c",
         "docs/conf.py",
         "docs/index.rst",
     ]

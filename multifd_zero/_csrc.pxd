@@ -40,6 +40,10 @@ cdef extern from "csrc/dispatch.h" nogil:
 
 
 
+cdef extern from "csrc/partition.h" nogil:
+    size_t mfz_replay(uint64_t *offs, uint8_t *zero, size_t n)
+
+
 cdef extern from "csrc/file_guard.h" nogil:
     int mfz_guarded_pages(
         const mfz_path *path, const uint8_t *buf, size_t length, size_t ps, uint8_t *out

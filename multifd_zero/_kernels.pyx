@@ -24,7 +24,7 @@ from cpython.buffer cimport (
 )
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcpy, memset
 
 from multifd_zero._csrc cimport (
     MFZ_NPATHS,
@@ -32,7 +32,6 @@ from multifd_zero._csrc cimport (
     mfz_bit_clear,
     mfz_bit_set,
     mfz_bit_test,
-    mfz_count_nonzero,
     mfz_guarded_pages,
     mfz_is_zero,
     mfz_offsets_ok,
@@ -43,6 +42,7 @@ from multifd_zero._csrc cimport (
     mfz_popcount64,
     mfz_punch_hole,
     mfz_punch_zero_runs,
+    mfz_replay,
     mfz_select,
     mfz_store_fence,
     mfz_write_data_runs,
@@ -843,7 +843,7 @@ def partition_zero_pages(host, offsets, page_size=4096, name="offsets"):
         zero = _page_flags(&c, n)
         with nogil:
             path.pages(<const uint8_t *>hv.buf, work, n, ps, zero)
-            normal = _replay(work, zero, n)
+            normal = <Py_ssize_t>mfz_replay(work, zero, <size_t>n)
         _put_offsets(&c, offsets, 1, name)
     finally:
         _end(&c)
@@ -913,43 +913,11 @@ def partition_batches(host, offsets, page_size=4096, name="offsets"):
             # runs of adjacent pages carry on from one batch to the next.
             path.pages(<const uint8_t *>hv.buf, work, rows * cols, ps, zero)
             for r in range(rows):
-                out[r] = _replay(work + r * cols, zero + r * cols, cols)
+                out[r] = <int64_t>mfz_replay(work + r * cols, zero + r * cols, <size_t>cols)
         _put_offsets(&c, offsets, 2, name)
     finally:
         _end(&c)
     return normals
-
-
-cdef Py_ssize_t _replay(uint64_t *work, uint8_t *zero, Py_ssize_t n) noexcept nogil:
-    """QEMU's two-pointer pass over ``work``, from the tests already done (``zero``)."""
-    cdef Py_ssize_t i = 0, j = n - 1, zeros
-    cdef uint64_t tmp_off
-    cdef uint8_t tmp_zero
-    zeros = mfz_count_nonzero(zero, n)
-    if zeros == 0:
-        return n
-    if zeros == n:
-        # QEMU's loop on a batch of zero pages swaps offset[0] with each
-        # offset[j] in turn, from the back: the order rotates left by one.
-        tmp_off = work[0]
-        memmove(work, work + 1, (n - 1) * 8)
-        work[n - 1] = tmp_off
-        return 0
-    # Replay QEMU's loop on the results, carrying each result with its
-    # offset, so that the final order is QEMU's.
-    while i <= j:
-        if not zero[i]:
-            i += 1
-            continue
-        if i != j:
-            tmp_off = work[i]
-            work[i] = work[j]
-            work[j] = tmp_off
-            tmp_zero = zero[i]
-            zero[i] = zero[j]
-            zero[j] = tmp_zero
-        j -= 1
-    return i
 
 
 def scan_zero_pages(host, offsets, page_size=4096, name="offsets"):

@@ -48,11 +48,7 @@ static const mfz_path *mfz_active = &mfz_paths[MFZ_PORTABLE];
 /* The active path; relaxed is enough, the table it points into never changes. */
 static inline const mfz_path *mfz_path_now(void)
 {
-#if defined(__GNUC__)
     return __atomic_load_n(&mfz_active, __ATOMIC_RELAXED);
-#else
-    return *(const mfz_path *const volatile *)&mfz_active;
-#endif
 }
 
 static inline int mfz_path_index(const mfz_path *path)
@@ -84,11 +80,7 @@ static int mfz_select(int path)
     if (path < 0 || path >= MFZ_NPATHS || !mfz_path_supported(path)) {
         return -1;
     }
-#if defined(__GNUC__)
     __atomic_store_n(&mfz_active, &mfz_paths[path], __ATOMIC_RELAXED);
-#else
-    *(const mfz_path *volatile *)&mfz_active = &mfz_paths[path];
-#endif
     return 0;
 }
 

@@ -28,11 +28,16 @@
 #ifndef MFZ_FILE_GUARD_H
 #define MFZ_FILE_GUARD_H
 
-#include "dispatch.h"
-
+/*
+ * fallocate() is declared only under _GNU_SOURCE, which must be defined before
+ * the first system header of the translation unit: Python.h does so (its
+ * pyconfig.h), and a C program including this header must do the same.
+ */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE
+#error "define _GNU_SOURCE before any system header (Python.h does) for fallocate()"
 #endif
+
+#include "dispatch.h"
 
 #include <errno.h>
 

@@ -4,16 +4,26 @@
  *
  * The module is compiled for the platform baseline; the wider x86-64 paths
  * are compiled per function with target attributes and chosen at run time
- * (dispatch.h), so one wheel runs on any x86-64 CPU.
+ * (dispatch.h), so one wheel runs on any x86-64 CPU. Elsewhere (aarch64) the
+ * portable path is the only one.
+ *
+ * GCC or Clang is required: the receivedmap's bits and the active path use
+ * their __atomic builtins. The wheels are built for Linux only (the release
+ * workflow and the "Releasing" page of the docs say why), so there is no
+ * MSVC path to keep untested.
  */
 #ifndef MFZ_PLATFORM_H
 #define MFZ_PLATFORM_H
+
+#if !defined(__GNUC__)
+#error "multifd_zero's kernels need GCC or Clang (__atomic builtins, target attributes)"
+#endif
 
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && defined(__x86_64__)
+#if defined(__x86_64__)
 #define MFZ_X86_DISPATCH 1
 #include <cpuid.h>
 #include <immintrin.h>
@@ -21,12 +31,8 @@
 #define MFZ_X86_DISPATCH 0
 #endif
 
-#if defined(_MSC_VER)
-#include <intrin.h>
-#endif
-
 /* SSE2 is the x86-64 baseline: its paths need no target attribute. */
-#if MFZ_X86_DISPATCH || (defined(_MSC_VER) && defined(_M_X64))
+#if MFZ_X86_DISPATCH
 #define MFZ_HAVE_SSE2 1
 #else
 #define MFZ_HAVE_SSE2 0
@@ -39,22 +45,10 @@
  * of order, which out of cache stops the hardware prefetcher's stream (2.5x
  * slower on AVX2, measured).
  */
-#if defined(__GNUC__)
 #define MFZ_IN_ORDER() __asm__ __volatile__("" ::: "memory")
-#else
-#define MFZ_IN_ORDER() ((void)0)
-#endif
 
-#if defined(__GNUC__)
 #define MFZ_ALWAYS_INLINE inline __attribute__((always_inline))
 #define MFZ_PREFETCH(p) __builtin_prefetch((p), 0, 3)
-#elif defined(_MSC_VER)
-#define MFZ_ALWAYS_INLINE __forceinline
-#define MFZ_PREFETCH(p) ((void)(p))
-#else
-#define MFZ_ALWAYS_INLINE inline
-#define MFZ_PREFETCH(p) ((void)(p))
-#endif
 
 #if MFZ_X86_DISPATCH
 #define MFZ_TARGET(isa) __attribute__((target(isa)))

@@ -27,7 +27,7 @@ static inline void mfz_store_fence(void)
 {
 #if MFZ_HAVE_SSE2
     _mm_sfence();
-#elif defined(__GNUC__)
+#else
     __atomic_thread_fence(__ATOMIC_RELEASE);
 #endif
 }
