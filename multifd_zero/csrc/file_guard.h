@@ -51,8 +51,8 @@
 #endif
 
 #if defined(__linux__)
+/* With _GNU_SOURCE, glibc's and musl's fcntl.h both give the FALLOC_FL_ flags. */
 #include <fcntl.h>
-#include <linux/falloc.h>
 #endif
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -116,7 +116,8 @@ static int mfz_guarded_pages(const mfz_path *path, const uint8_t *buf, size_t le
                              size_t ps, uint8_t *out)
 {
     size_t full = length / ps;
-    int failed = 0;
+    /* volatile: its value must survive the siglongjmp back into this frame. */
+    volatile int failed = 0;
 #if MFZ_HAVE_SIGBUS_GUARD
     sigjmp_buf jump;
     mfz_guard_enter();
