@@ -31,6 +31,14 @@
 #      the SIMD paths offered (no x86 path on aarch64)
 #   6  emulated pytest from CHECKOUT with MULTIFD_ZERO_REQUIRE_INSTALLED=1
 #
+# Limits of the emulation (qemu-user 7.2, Debian 12), not of the package, and
+# why the default is tests/kernels: qemu-user's madvise() returns success for
+# MADV_REMOVE without doing anything (QEMU linux-user/mmap.c, target_madvise:
+# only MADV_DONTNEED on private anonymous memory is passed to the kernel), so the
+# release-ram discard tests (tests/model/test_release.py,
+# test_sparse.py::test_release_ram_in_postcopy_returns_memory) fail here; the
+# rest of tests/model passes but takes another 3.5 minutes under emulation.
+#
 # Knobs: MULTIFD_ZERO_CROSS_HOST_PYTHON (host interpreter of the target's Python
 # minor version; default python3.X on PATH, else pyenv's newest 3.X),
 # HYPOTHESIS_PROFILE (default ci).
@@ -104,12 +112,15 @@ mkdir -p "$APTW/state/lists/partial" "$APTW/cache/archives/partial" \
 rm -f "$APTW"/sources.list.d/*
 for f in /etc/apt/sources.list.d/*.sources; do
     [ -f "$f" ] || continue
-    # deb822 stanzas whose Suites name this release (bookworm, bookworm-updates, ...).
+    # deb822 stanzas whose Suites name this release (bookworm, bookworm-updates,
+    # ...) with a main component: Debian's own, not a third party's.
     awk -v RS='' -v ORS='\n\n' -v c="$CODENAME" \
-        '$0 ~ ("(^|\n)Suites:[^\n]*[ \t]" c "([-a-z]*)?([ \t]|\n|$)") && $0 !~ /(^|\n)Enabled:[ \t]*no/' \
+        '$0 ~ ("(^|\n)Suites:[^\n]*[ \t]" c "(-[a-z]+)?([ \t]|\n|$)") \
+            && $0 ~ /(^|\n)Components:[^\n]*[ \t]main([ \t]|\n|$)/ \
+            && $0 !~ /(^|\n)Enabled:[ \t]*no/' \
         "$f" > "$APTW/sources.list.d/$(basename "$f")"
 done
-grep -hE "^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?[^[:space:]]+[[:space:]]+$CODENAME(-[a-z]+)?[[:space:]]" \
+grep -hE "^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?[^[:space:]]+[[:space:]]+$CODENAME(-[a-z]+)?[[:space:]](.*[[:space:]])?main([[:space:]]|$)" \
     /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null > "$APTW/sources.list" || true
 grep -qs . "$APTW/sources.list" "$APTW"/sources.list.d/* \
     || die "no Debian $CODENAME entry in the system's apt sources"
@@ -126,7 +137,7 @@ Dir::Etc::preferencesparts "$APTW/preferences.d";
 Debug::NoLocking "true";
 EOF
 export APT_CONFIG="$APTW/apt.conf"
-run apt-get update -q -o APT::Update::Error-Mode=any > "$WORK/apt-update.log" \
+run apt-get update -q > "$WORK/apt-update.log" \
     || { cat "$WORK/apt-update.log"; die "apt-get update (arm64) failed"; }
 # The release's python3 names its interpreter (python3.11 on Debian 12).
 PYV="$(apt-cache depends python3-minimal | sed -nE 's/^ *(Pre)?Depends: python(3\.[0-9]+)-minimal( .*)?$/\2/p' | head -n 1)"
