@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import sys
 import time
@@ -12,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ._argtypes import channel_count, seconds
+from ._progress import tqdm_class
 
 __all__ = [
     "Bar",
@@ -87,8 +87,7 @@ class Bar:
         out = stream or sys.stderr
         self._bar: Any = None
         if enabled and out.isatty():
-            # By name: tqdm ships no type information.
-            tqdm: Any = importlib.import_module("tqdm").tqdm
+            tqdm = tqdm_class()
             self._bar = tqdm(total=0, unit="B", unit_scale=True, desc=desc, file=out, leave=False)
         self._last = 0.0
 

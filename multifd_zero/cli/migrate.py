@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from ._argtypes import (
     verify_line,
 )
 from ._argtypes import page_size as _page_size
+from ._progress import tqdm_class
 from ._tls import add_tls_options, tls_config
 
 __all__ = ["register", "run"]
@@ -125,8 +125,7 @@ def _progress_bar(enabled: bool) -> tuple[Callable[[int, int, int], None] | None
     """A tqdm bar (imported only when shown) and the engine callback that drives it."""
     if not enabled:
         return None, None
-    # Imported lazily (only when a bar is shown) and by name: tqdm ships no type information.
-    tqdm: Any = importlib.import_module("tqdm").tqdm
+    tqdm = tqdm_class()
     bar = tqdm(total=0, unit="page", unit_scale=True, dynamic_ncols=True, leave=False)
     state = {"round": 0, "done": 0}
 

@@ -14,7 +14,6 @@ is then 1.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import stat
@@ -25,6 +24,7 @@ from .. import _kernels
 from .._version import __version__
 from ..tools.scan import ScanMethod, ScanResult, scan_file
 from ._argtypes import add_json_option, page_size, size
+from ._progress import tqdm_class
 
 __all__ = ["register", "run"]
 
@@ -151,8 +151,7 @@ def _scan_one(path: str, args: argparse.Namespace, show_progress: bool) -> ScanR
     }
     if not show_progress:
         return scan_file(path, **options)
-    # Imported by name: tqdm ships no type information, and its stubs are optional.
-    tqdm: Any = importlib.import_module("tqdm").tqdm
+    tqdm = tqdm_class()
     total = _size_hint(path)
     with tqdm(
         total=total,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -11,6 +10,7 @@ from typing import Any
 
 from ..tools.sparsify import SparsifyResult, sparsify
 from ._argtypes import add_json_option, page_size
+from ._progress import tqdm_class
 
 __all__ = ["register", "run"]
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("give either DST or --in-place")
     bar: Any = None
     if not args.no_progress and not args.json and sys.stderr.isatty():
-        tqdm: Any = importlib.import_module("tqdm").tqdm  # by name: no type information
+        tqdm = tqdm_class()
         try:
             total: int | None = os.path.getsize(args.source)
         except OSError:

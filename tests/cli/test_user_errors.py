@@ -285,6 +285,34 @@ def test_ctrl_c_is_one_line_and_130(tmp_path: Path, args: list[str], ready: byte
         assert len(lines) == 2, terminal  # the ready line and the interrupted line
 
 
+def test_progress_bar_lock_leaves_no_helper_to_warn(tmp_path: Path) -> None:
+    """A bar, then the ``os._exit`` that ends a Ctrl-C: nothing more is printed.
+
+    Python 3.14's default start method on Linux (forkserver), forced here so
+    that every Python checks it: under it tqdm's default lock is a named
+    semaphore, and multiprocessing's resource tracker printed a "leaked
+    semaphore" warning on the terminal after the command had exited.
+    """
+    code = (
+        "import multiprocessing, os, sys\n"
+        "multiprocessing.set_start_method('forkserver')\n"
+        "from multifd_zero.cli._progress import tqdm_class\n"
+        "bar = tqdm_class()(total=10, file=sys.stdout)\n"
+        "bar.update(1)\n"
+        "bar.refresh()\n"
+        "sys.stdout.flush()\n"
+        "os._exit(130)\n"
+    )
+    # stderr is read to its end, so a helper process still holding it is waited for.
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert "1/10" in proc.stdout, proc.stdout
+    assert proc.stderr == "", proc.stderr
+
+
 def test_ctrl_c_in_sparsify(tmp_path: Path) -> None:
     """SIGINT in the middle of a sparsify run: one line, 130.
 
