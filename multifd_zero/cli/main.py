@@ -18,7 +18,7 @@ from typing import NoReturn
 from .. import _kernels
 from .._version import __version__
 from ..errors import MigrationError, PacketError, SnapshotError
-from . import bench, demo, info, migrate, restore, save, scan, sparsify
+from . import _ctrl_c, bench, demo, info, migrate, restore, save, scan, sparsify
 from ._argtypes import HelpFormatter
 
 _COMMANDS = (save, restore, demo, migrate, scan, sparsify, bench, info)
@@ -77,6 +77,12 @@ def error_message(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _interrupted_line(prog: str) -> str:
+    # On a terminal, first erase what a progress bar may have left on the line.
+    start = "\r\033[K" if sys.stderr.isatty() else ""
+    return f"{start}{prog}: interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status.
 
@@ -86,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{PROG} {args.command}"
+    _ctrl_c.name_line(_interrupted_line(prog))
     try:
         if args.simd:
             _kernels.set_simd(args.simd)
@@ -93,9 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, so that a closed pipe is handled below
         return status
     except KeyboardInterrupt:
-        # On a terminal, first erase what a progress bar may have left on the line.
-        start = "\r\033[K" if sys.stderr.isatty() else ""
-        print(f"{start}{prog}: interrupted", file=sys.stderr)
+        _ctrl_c.announce()
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader left (``... | head``): stop quietly, as other tools do.
@@ -115,6 +120,7 @@ def console() -> NoReturn:
     at once; a destination child notices that its parent is gone and removes
     its files (``migration/process.py``).
     """
+    _ctrl_c.watch(EXIT_INTERRUPTED)
     status = main()
     if status == EXIT_INTERRUPTED:
         for stream in (sys.stdout, sys.stderr):

@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
+from .._threads import WorkerThread
 from ..errors import NoProgressError, StreamBlockError, StreamSectionError
 from ..multifd_zero_page import recv_normal_pages, recv_zero_page_process
 from ..options import MigrationOptions
@@ -145,7 +146,7 @@ class _Receiver:
         self.release = threading.Semaphore(0)
         self.ended = threading.Event()
         self.report = DestinationReport()
-        self.thread = threading.Thread(target=self._run, name=f"multifd-recv-{index}", daemon=True)
+        self.thread = WorkerThread(target=self._run, name=f"multifd-recv-{index}", daemon=True)
 
     def _run(self) -> None:
         try:
@@ -455,7 +456,7 @@ class MigrationDestination:
         try:
             main, multifd = self._classify(accept)
             if extra is not None:
-                watcher = threading.Thread(
+                watcher = WorkerThread(
                     target=self._watch, args=(extra,), name="multifd-recv-watch", daemon=True
                 )
                 watcher.start()

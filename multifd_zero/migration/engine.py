@@ -18,7 +18,6 @@ import mmap
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid as uuid_module
 from collections.abc import Iterable, Iterator
@@ -29,6 +28,7 @@ import numpy as np
 
 from .. import _kernels
 from .._checks import OffsetArray, as_offsets, check_int, check_offsets
+from .._threads import WorkerThread
 from ..errors import MigrationAbortedError, MigrationError
 from ..options import MigrationOptions
 from ..pages import multifd_ram_page_count
@@ -376,7 +376,7 @@ class _Run:
             except BaseException as exc:
                 outcome["error"] = exc
 
-        thread = threading.Thread(target=receive, name="multifd-zero-destination", daemon=True)
+        thread = WorkerThread(target=receive, name="multifd-zero-destination", daemon=True)
         sender = self._source(pairs[0][0], [near for near, _ in pairs[1:]])
         start = time.perf_counter()
         thread.start()

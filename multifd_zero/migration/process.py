@@ -39,7 +39,6 @@ import selectors
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .. import _kernels, errors
+from .._threads import WorkerThread
 from ..errors import MigrationError
 from ..options import MigrationOptions
 from ..ramblock import RAMBlock
@@ -369,7 +369,7 @@ def child_main() -> int:
     """Entry point of the destination process: a :class:`DestinationConfig` on stdin."""
     try:
         config = DestinationConfig.from_json(sys.stdin.buffer.readline().decode())
-        threading.Thread(
+        WorkerThread(
             target=_watch_parent, args=(config.workdir,), name="parent-watch", daemon=True
         ).start()
         run_child(config)

@@ -59,6 +59,7 @@ import numpy as np
 
 from .. import _kernels
 from .._checks import OffsetArray
+from .._threads import WorkerThread
 from ..multifd_zero_page import send_zero_page_detect
 from ..options import MigrationOptions, ZeroPageDetection
 from ..pages import MultiFDPages
@@ -222,7 +223,7 @@ class _Sender:
         self.packet = bytearray(packet_len(page_count))
         self.payload = memoryview(bytearray(page_count * block.page_size))
         self.name = encode_name(block.idstr)
-        self.thread = threading.Thread(target=self._run, name=f"multifd-send-{index}", daemon=True)
+        self.thread = WorkerThread(target=self._run, name=f"multifd-send-{index}", daemon=True)
 
     def _next_item(self) -> Any:
         # A channel may get no work for long (a legacy round of zero pages); it

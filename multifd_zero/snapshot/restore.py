@@ -31,6 +31,7 @@ from .. import (
     scan_zero_pages,
     send_zero_page_detect,
 )
+from .._threads import WorkerThread
 from ..errors import MigrationAbortedError
 from ..migration._failure import POLL, Failure
 from ..migration.tls import TLSConfig, handshake
@@ -144,7 +145,7 @@ class _Sender:
         self.zeros = bytes(page_count * PAGE_SIZE)
         self.zero_order = _all_zero_order(page_count)
         self.counts = Counts()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="snapshot-send")
+        self.thread = WorkerThread(target=self._run, daemon=True, name="snapshot-send")
         self.thread.start()
 
     def put(self, job: object) -> None:

@@ -27,6 +27,7 @@ from .. import (
     recv_normal_pages,
     recv_zero_page_process,
 )
+from .._threads import WorkerThread
 from ..errors import MigrationAbortedError, SnapshotError, StreamError, StreamSizeError
 from ..migration._failure import POLL, Failure
 from ..migration.process import fresh_memory
@@ -166,7 +167,7 @@ class _Destination:
                 # Each connection on its own thread from here: its TLS handshake and its
                 # first bytes must not hold up the others (a source may connect them all
                 # before it writes to any).
-                thread = threading.Thread(
+                thread = WorkerThread(
                     target=self._connection_thread,
                     args=(sock,),
                     daemon=True,
@@ -341,7 +342,7 @@ class _Destination:
         self.blocks_ready.set()
 
     def run(self) -> tuple[dict[str, Any], Counts]:
-        accept = threading.Thread(target=self._accept_all, daemon=True, name="snapshot-accept")
+        accept = WorkerThread(target=self._accept_all, daemon=True, name="snapshot-accept")
         self.accept_thread = accept
         accept.start()
         try:

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _bench_kernels, _kernels
+from .._threads import WorkerThread
 from ..guest import make_guest_ram
 from .bench_goals import evaluate_goals, format_goals
 
@@ -251,7 +252,7 @@ def _threads_ns(fn: Callable[[int], object], nthreads: int, units: int, repeats:
 
         # Daemon threads and an aborted barrier: a Ctrl-C here must not leave
         # threads waiting at the barrier, which would hold the interpreter's exit.
-        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(nthreads)]
+        threads = [WorkerThread(target=work, args=(i,), daemon=True) for i in range(nthreads)]
         try:
             for t in threads:
                 t.start()

@@ -338,3 +338,39 @@ def test_ctrl_c_in_sparsify(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 130, proc.stderr
     assert one_line(proc) == "multifd-zero sparsify: interrupted"
+
+
+def test_a_ctrl_c_the_main_thread_never_hears_of_still_ends_the_program(tmp_path: Path) -> None:
+    """The watcher of cli/_ctrl_c.py: the line and 130 even if no KeyboardInterrupt comes.
+
+    CPython 3.11 can leave a SIGINT pending forever while other threads run
+    (``demo`` migrated on after 9 Ctrl-Cs in 160). Here the main thread's
+    handler does nothing at all, the worst case: the program must still end,
+    with the one line, after the grace period.
+    """
+    code = (
+        "import signal, time\n"
+        "from multifd_zero.cli import _ctrl_c\n"
+        "_ctrl_c.watch(130)\n"
+        "_ctrl_c.GRACE = 0.2\n"
+        "_ctrl_c.name_line('multifd-zero demo: interrupted')\n"
+        "signal.signal(signal.SIGINT, lambda *_: None)\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    time.sleep(0.05)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=tmp_path, env=_env(),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 130, err
+    assert err.decode().splitlines() == ["multifd-zero demo: interrupted"]
