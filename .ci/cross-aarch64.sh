@@ -46,8 +46,8 @@
 # HYPOTHESIS_PROFILE (default ci).
 #
 # Needs: qemu-aarch64 (Debian qemu-user), aarch64-linux-gnu-gcc (gcc-aarch64-linux-gnu),
-# apt-get, dpkg-deb, network access to the Debian mirror and PyPI. Run as root
-# only to install those first two when missing.
+# apt-get, dpkg-deb, network access to the Debian mirror and PyPI. Root or sudo
+# only when those first two are missing (.ci/install-cross.sh installs them).
 set -euo pipefail
 
 if [ "$#" -lt 2 ]; then
@@ -89,16 +89,8 @@ if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
     die "needs a Debian-family system (apt-get, dpkg-deb)"
 fi
 
-# The tools, from the system's Debian when missing (CI runs as root).
-if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
-    if [ "$(id -u)" -eq 0 ]; then as_root=(env DEBIAN_FRONTEND=noninteractive)
-    elif command -v sudo >/dev/null; then as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
-    else die "qemu-aarch64 or aarch64-linux-gnu-gcc is missing and this is neither root nor sudo"
-    fi
-    run "${as_root[@]}" apt-get update -q
-    run "${as_root[@]}" apt-get install -y -q --no-install-recommends \
-        qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-fi
+# The tools (cross compiler, qemu-user), from the system's Debian when missing.
+run bash "$(dirname "${BASH_SOURCE[0]}")/install-cross.sh"
 
 # ---------------------------------------------------------------------------
 step "1 arm64 sysroot (Debian's python3 for arm64, unpacked)"

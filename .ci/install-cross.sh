@@ -18,18 +18,8 @@ if [ "${#need[@]}" -eq 0 ]; then
     exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    as_root=(env DEBIAN_FRONTEND=noninteractive)
-elif command -v sudo >/dev/null 2>&1; then
-    as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
-else
-    echo "install-cross: ${need[*]} missing and this is neither root nor sudo" >&2
-    exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-cross: ${need[*]} missing and there is no apt-get here" >&2
-    exit 1
-fi
+# shellcheck source=.ci/as-root.sh
+. "$(dirname "${BASH_SOURCE[0]}")/as-root.sh" "install-cross: ${need[*]} missing"
 # install-qemu.sh (run first) has refreshed the package lists.
 "${as_root[@]}" apt-get install -y --no-install-recommends "${need[@]}" \
     || { "${as_root[@]}" apt-get update && "${as_root[@]}" apt-get install -y --no-install-recommends "${need[@]}"; }

@@ -24,18 +24,8 @@ if have_major; then
     exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    as_root=(env DEBIAN_FRONTEND=noninteractive)
-elif command -v sudo >/dev/null 2>&1; then
-    as_root=(sudo env DEBIAN_FRONTEND=noninteractive)
-else
-    echo "install-qemu: QEMU >= $want_major is missing and this is neither root nor sudo" >&2
-    exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-qemu: QEMU >= $want_major is missing and there is no apt-get here" >&2
-    exit 1
-fi
+# shellcheck source=.ci/as-root.sh
+. "$(dirname "${BASH_SOURCE[0]}")/as-root.sh" "install-qemu: QEMU >= $want_major is missing"
 
 target=/etc/apt/sources.list.d/multifd-zero-bookworm-backports.sources
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
